@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Spin-waiting OpenMP threads made steps 5-10x slower when two processes share the cores.
+export OMP_WAIT_POLICY ?= PASSIVE
+export TOKENIZERS_PARALLELISM ?= false
+export WANDB_MODE ?= disabled
+
+.PHONY: install demo test test-fast lock clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency spec or the lock changes.
+$(STAMP): pyproject.toml requirements/cpu.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements/cpu.lock -e ".[faiss,wandb,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/itkm fit --config conf/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Re-pin the tested versions after changing dependencies (run on the CPU machine).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e ' > requirements/cpu.lock
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from itkm_lightning.cli import main
+
+main()

@@ -1,0 +1,145 @@
+"""Per-epoch pseudo-labels: extract -> gather -> cluster on rank 0 -> broadcast (method.md section 3)."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from itkm_lightning.clustering import cluster
+from itkm_lightning.config import ClusteringConfig
+from itkm_lightning.distributed import broadcast_tensor
+
+
+class EmptyClusteringError(RuntimeError):
+    """No block produced a single cluster: there is nothing to train on."""
+
+
+def block_quality(labels: np.ndarray, identities: list[str]) -> dict[str, float]:
+    """Clusters, outliers and agreement with the hidden identities (outliers count as singletons)."""
+    singletons = labels.copy()
+    outliers = singletons < 0
+    singletons[outliers] = singletons.max(initial=-1) + 1 + np.arange(int(outliers.sum()))
+    return {
+        "num_clusters": int(len(set(labels[labels >= 0].tolist()))),
+        "num_outliers": int(outliers.sum()),
+        "ari": float(adjusted_rand_score(identities, singletons)),
+        "nmi": float(normalized_mutual_info_score(identities, singletons)),
+    }
+
+
+def cluster_blocks(features: np.ndarray, block_of_index: np.ndarray, cfg: ClusteringConfig) -> np.ndarray:
+    """Cluster each block separately; labels made globally unique (block after block), -1 = outlier."""
+    labels = np.full(len(features), -1, dtype=np.int64)
+    offset = 0
+    for block in np.unique(block_of_index):
+        idx = np.flatnonzero(block_of_index == block)
+        k1 = cfg.k1
+        if len(idx) <= k1:
+            raise ValueError(
+                f"a (scenario, group) block has {len(idx)} training images but clustering k1={k1} needs more; "
+                "lower model.clustering.k1 (and k2)"
+            )
+        local = cluster(features[idx], method=cfg.method, eps=cfg.eps, min_samples=cfg.min_samples,
+                        k1=cfg.k1, k2=cfg.k2, backend=cfg.backend)
+        found = local >= 0
+        if found.any():
+            _, dense = np.unique(local[found], return_inverse=True)
+            labels[idx[found]] = dense + offset
+            offset += int(dense.max()) + 1
+    return labels
+
+
+class PseudoLabelCallback(L.Callback):
+    """Re-cluster at fit start and after every epoch; hand labels to the datamodule and the memory.
+
+    The labels are part of the checkpoint, so a resumed run trains on the same labels it stopped with.
+    """
+
+    def __init__(self, clustering: ClusteringConfig) -> None:
+        self.cfg = clustering
+        self.labels: np.ndarray | None = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if self.labels is not None and len(self.labels) == len(dm.train_samples):
+            rank_zero_info("pseudo-labels: resuming with the labels stored in the checkpoint")
+            self._apply(trainer, pl_module, self.labels, recompute_memory=pl_module.memory.num_clusters == 0)
+            return
+        self.recluster(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
+            return  # the last epoch: no training follows, so no labels are needed
+        self.recluster(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {"labels": None if self.labels is None else self.labels.tolist(), "history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        labels = state_dict.get("labels")
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.history = list(state_dict.get("history", []))
+
+    # ------------------------------------------------------------------ work
+    def recluster(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        when = "fit start" if trainer.global_step == 0 else f"after epoch {trainer.current_epoch}"
+        start = time.perf_counter()
+        features = pl_module.extract(dm.cluster_dataloader())  # every rank: all features, dataset order
+        extracted = time.perf_counter() - start
+        labels = None
+        if trainer.is_global_zero:
+            labels = torch.from_numpy(cluster_blocks(features.numpy(), dm.block_of_index, self.cfg))
+        labels = broadcast_tensor(labels).numpy()
+        stats = self._log_quality(trainer, labels)
+        rank_zero_info(
+            f"pseudo-labels ({when}): extracted {len(features)} features in {extracted:.1f}s, "
+            f"clustered in {time.perf_counter() - start - extracted:.1f}s; "
+            + "; ".join(f"{k}: {v['num_clusters']} clusters, {v['num_outliers']} outliers, ARI {v['ari']:.2f}"
+                        for k, v in stats.items())
+        )
+        if (labels >= 0).sum() == 0:
+            raise EmptyClusteringError(
+                f"clustering found no cluster in any block (eps={self.cfg.eps}, min_samples={self.cfg.min_samples}); "
+                f"the features are too spread for this eps: raise model.clustering.eps (e.g. to "
+                f"{min(0.95, self.cfg.eps + 0.1):.2f}) or lower min_samples"
+            )
+        for name, s in stats.items():
+            if s["num_clusters"] == 0:
+                rank_zero_warn(f"pseudo-labels: block {name} has no cluster this epoch ({s['num_outliers']} outliers); "
+                               "it sits out the epoch")
+        self._apply(trainer, pl_module, labels, recompute_memory=True, features=features)
+
+    def _apply(self, trainer, pl_module, labels: np.ndarray, *, recompute_memory: bool,
+               features: torch.Tensor | None = None) -> None:
+        dm = trainer.datamodule
+        self.labels = labels
+        dm.set_pseudo_labels(labels)
+        if recompute_memory:
+            if features is None:
+                features = pl_module.extract(dm.cluster_dataloader())
+            blocks = torch.from_numpy(dm.block_of_index)
+            pl_module.memory.reset(features.to(pl_module.device), torch.from_numpy(labels).to(pl_module.device),
+                                   blocks.to(pl_module.device))
+
+    def _log_quality(self, trainer: L.Trainer, labels: np.ndarray) -> dict[str, dict]:
+        """Monitoring only: the hidden identities never reach the loss."""
+        dm = trainer.datamodule
+        stats: dict[str, dict] = {}
+        block_of_index = dm.block_of_index
+        for b, (scenario, group) in enumerate(dm.blocks):
+            idx = np.flatnonzero(block_of_index == b)
+            ids = [dm.train_samples[i].identity for i in idx]
+            stats[f"{scenario}-g{group}"] = block_quality(labels[idx], ids)
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "blocks": stats})
+        if trainer.logger is not None and trainer.is_global_zero:
+            flat = {f"pseudo/{name}/{k}": v for name, s in stats.items() for k, v in s.items()}
+            trainer.logger.log_metrics(flat, step=trainer.global_step)
+        return stats

@@ -1,0 +1,212 @@
+"""The ``itkm`` command: LightningCLI conventions (``--config``, ``--print_config``, dotted overrides)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+RESUME_CHECKPOINT = "checkpoints/last.ckpt"
+
+
+def one_line_parse_error(message: str) -> str:
+    """Condense jsonargparse's (and nested pydantic's) multi-line reasons into ``key = value: reason``."""
+    lines = [line.strip().lstrip("- ").strip() for line in str(message).splitlines() if line.strip()]
+    key = re.search(r'Parser key "([^"]+)"', str(message))
+    got = re.search(r"(?:Got|Given) value: (.*)$", str(message), flags=re.MULTILINE)
+    reasons = []
+    for line in lines:
+        if line.startswith(("Input should", "Value error", "Expected a", "Assertion failed")):
+            reason = re.sub(r"\s*\[type=.*$", "", line).removeprefix("Value error, ")
+            reason = re.sub(r"\. Got value: .*$", "", reason)
+            if reason not in reasons:
+                reasons.append(reason)
+    if key is None:
+        return lines[0] if lines else "invalid arguments"
+    expected = [re.sub(r"<class '(\w+)'>", r"\1", r.removeprefix("Expected a ")).replace("NoneType", "None")
+                .replace("typing.Literal[", "one of [")
+                for r in reasons if r.startswith("Expected a ")]
+    if expected:
+        reasons = [f"expected {' or '.join(expected)}"] + [r for r in reasons if not r.startswith("Expected a ")]
+    value = f" = {got.group(1).strip()}" if got else ""
+    rest = str(message)[key.end():].lstrip(":").strip().splitlines()
+    why = "; ".join(reasons) if reasons else (rest[0].strip() if rest else "invalid value")
+    return f"{key.group(1)}{value}: {why}"
+
+
+class ITKMArgumentParser(LightningArgumentParser):
+    """Parse errors end with one line naming the key and what is allowed, not a page of usage."""
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        sys.stderr.write(f"itkm: error: {one_line_parse_error(message)}\n"
+                         "  (run with --help for the options, --print_config for the full config)\n")
+        raise SystemExit(2)
+
+
+class ITKMCLI(LightningCLI):
+    """``itkm fit|validate|test`` on the Stage I module and the multi-scenario datamodule."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        from itkm_lightning.data.datamodule import ReIDDataModule
+        from itkm_lightning.stages.stage1 import Stage1
+
+        super().__init__(
+            model_class=Stage1,
+            datamodule_class=ReIDDataModule,
+            parser_class=ITKMArgumentParser,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_dir", type=Optional[str], default=None,
+            help="where the run writes checkpoints, logs and results.json (default: runs/<config name>)",
+        )
+
+    # ------------------------------------------------------------ run directory
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if not cfg.get("run_dir"):
+            configs = cfg.get("config") or []
+            name = Path(str(configs[-1])).stem if configs else "default"
+            cfg.run_dir = str(Path("runs") / name)
+        cfg.trainer.default_root_dir = cfg.run_dir
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self._get(self.config, "run_dir"))
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="logs")
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                             every_n_epochs=1))
+        if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, RichProgressBar) for c in callbacks
+        ):
+            callbacks.append(RichProgressBar())
+        kwargs["callbacks"] = callbacks
+        # Pseudo-label batches need our own rank-aware sampler and a fresh loader after every re-clustering.
+        kwargs["use_distributed_sampler"] = False
+        kwargs["reload_dataloaders_every_n_epochs"] = 1
+        return super().instantiate_trainer(**kwargs)
+
+    # ------------------------------------------------------------ fit
+    def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs: Any) -> None:
+        """Baselines -> Stage I -> final evaluation, resumable: re-running the same command continues."""
+        from itkm_lightning.baselines import raw_pixel_results
+        from itkm_lightning.results import ResultsFile
+
+        trainer = self.trainer
+        results = ResultsFile(self.run_dir / "results.json")
+        stage = model.stage_name
+        if stage in results:
+            rank_zero_info(f"{stage} already finished in {self.run_dir}; pass another --run_dir to train again")
+            if trainer.is_global_zero:
+                results.print()
+            return
+        last = self.run_dir / RESUME_CHECKPOINT
+        if ckpt_path is None and last.is_file():
+            ckpt_path = str(last)
+            rank_zero_info(f"resuming {stage} from {ckpt_path}")
+        if ckpt_path is None and "untrained" not in results:
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+            results.record("untrained", model.benchmark_results, write=trainer.is_global_zero)
+        if "raw_pixels" not in results:
+            datamodule.prepare_data()
+            datamodule.setup("validate")
+            results.record("raw_pixels", raw_pixel_results(datamodule.benchmarks), write=trainer.is_global_zero)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        if trainer.interrupted:
+            rank_zero_info(f"{stage} was interrupted; run the same command again to resume from {last}")
+            return
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        if trainer.is_global_zero:
+            results.record(stage, model.benchmark_results)
+            results.print()
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError
+    from itkm_lightning.data.dataset import UnreadableImageError
+    from itkm_lightning.models.clip import BackboneUnavailableError
+
+    return (ValueError, FileNotFoundError, NotADirectoryError, ValidationError, BackboneUnavailableError,
+            UnreadableImageError, EmptyClusteringError, ImportError)
+
+
+def _error_line(err: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError) and err.errors():
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        msg = str(first.get("msg", "")).removeprefix("Value error, ")
+        return f"invalid {err.title}{' ' + where if where else ''}: {msg}"
+    text = str(err).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        # Re-raised from a DataLoader worker: the original message is the last line, after "Type: ".
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+TOOLS = {
+    # subcommand -> "module:function(argv)"; tools that are not a Trainer method get their own parser.
+    "pretrain": "itkm_lightning.pretrain.cli:main",
+}
+
+
+def _run_tool(name: str, argv: list[str]) -> None:
+    import importlib
+
+    module, func = TOOLS[name].split(":")
+    getattr(importlib.import_module(module), func)(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``itkm`` console script and ``python -m itkm_lightning``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        try:
+            _run_tool(argv[0], argv[1:])
+        except _known_errors() as err:
+            if os.environ.get("ITKM_DEBUG"):
+                raise
+            sys.stderr.write(f"itkm {argv[0]}: error: {_error_line(err)}\n  (set ITKM_DEBUG=1 for the full traceback)\n")
+            raise SystemExit(2) from None
+        return
+    # Lightning's own deprecation noise about torch internals says nothing actionable to our users.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # LightningCLI reads sys.argv itself; handing it the same list avoids its "args and argv" warning.
+    saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "itkm", *argv]
+    try:
+        ITKMCLI()
+    except _known_errors() as err:
+        if os.environ.get("ITKM_DEBUG"):
+            raise
+        message = _error_line(err)
+        sys.stderr.write(f"itkm: error: {message}\n  (set ITKM_DEBUG=1 for the full traceback)\n")
+        raise SystemExit(2) from None
+    finally:
+        sys.argv = saved_argv
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Small validated value types used as ``__init__`` argument types (and so as YAML config sections)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ClusteringConfig(BaseModel):
+    """Pseudo-label clustering of every (scenario, group) block (method.md section 3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["dbscan", "hdbscan"] = "dbscan"
+    eps: float = Field(0.6, gt=0.0, lt=1.0, description="DBSCAN radius on the Jaccard distance, in (0, 1)")
+    min_samples: int = Field(4, ge=1, description="DBSCAN min_samples / HDBSCAN min_cluster_size")
+    k1: int = Field(30, ge=1, description="k-reciprocal neighbourhood size")
+    k2: int = Field(6, ge=1, description="local query-expansion size, <= k1")
+    backend: Literal["auto", "faiss", "torch"] = "auto"
+
+    @model_validator(mode="after")
+    def _k2_not_above_k1(self) -> "ClusteringConfig":
+        if self.k2 > self.k1:
+            raise ValueError(f"k2 ({self.k2}) must not exceed k1 ({self.k1})")
+        return self
+
+
+class OptimConfig(BaseModel):
+    """Adam with a lower learning rate for pretrained CLIP weights than for new parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(5e-6, gt=0.0, description="learning rate of pretrained CLIP weights")
+    lr_new: float = Field(3.5e-4, gt=0.0, description="learning rate of new parameters (scenario embedding, branches)")
+    weight_decay: float = Field(5e-4, ge=0.0)
+    warmup_epochs: int = Field(1, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_epochs: list[int] = Field(default_factory=lambda: [20, 40], description="decay epochs for schedule=step")
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)

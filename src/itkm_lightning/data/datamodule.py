@@ -1,0 +1,189 @@
+"""One LightningDataModule that merges scenarios with scenario and group tags."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from itkm_lightning.data.clothes import ClothesMasker
+from itkm_lightning.data.dataset import ReIDImageDataset
+from itkm_lightning.data.sampler import PseudoIdentityBatchSampler, ShardedSequentialSampler
+from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
+from itkm_lightning.data.sources import DatasetSource
+from itkm_lightning.data.transforms import test_transform, train_transform
+
+
+class ReIDDataModule(L.LightningDataModule):
+    """Training samples of every source, tagged (scenario, group); one evaluation set per benchmark.
+
+    Ground truth (pid, camera, clothes) stays in ``benchmarks`` and ``train_samples`` for evaluation and
+    pseudo-label monitoring; the training loader yields only images, indices, tags and pseudo-labels.
+
+    Args:
+        sources: datasets to merge (``class_path`` entries).
+        root: folder holding the datasets (generated data goes below it too).
+        image_size: network input (H, W).
+        num_clusters_per_batch: P, pseudo-identities per batch and rank.
+        num_instances: K, images per pseudo-identity.
+        iters_per_epoch: training steps per epoch (fixed, whatever the number of clusters).
+        test_batch_size: batch size of feature extraction.
+        num_workers: data-loading worker processes.
+        flip: horizontal-flip probability.
+        padding: pad-then-random-crop size in pixels.
+        erasing: random-erasing probability.
+        visible_grayscale: random-grayscale probability for visible images of ``vi`` (colour augmentation).
+        clothes_masker: how the clothing-agnostic view of ``cc`` is made: ``auto`` uses masks when present.
+        seed: seed of the P x K sampler's stream (shared by all ranks).
+    """
+
+    def __init__(
+        self,
+        sources: list[DatasetSource],
+        root: str = "data",
+        image_size: tuple[int, int] = (256, 128),
+        num_clusters_per_batch: int = 16,
+        num_instances: int = 4,
+        iters_per_epoch: int = 200,
+        test_batch_size: int = 128,
+        num_workers: int = 4,
+        flip: float = 0.5,
+        padding: int = 10,
+        erasing: float = 0.5,
+        visible_grayscale: float = 0.0,
+        clothes_masker: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("data.sources is empty; list at least one dataset source")
+        for name, value in (("num_clusters_per_batch", num_clusters_per_batch), ("num_instances", num_instances),
+                            ("iters_per_epoch", iters_per_epoch), ("test_batch_size", test_batch_size)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1; got {value}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0; got {num_workers}")
+        if any(s < 16 for s in image_size):
+            raise ValueError(f"data.image_size must be at least 16x16; got {image_size}")
+        self.sources = sources
+        self.root = Path(root)
+        self.image_size = tuple(image_size)
+        self.num_clusters_per_batch = num_clusters_per_batch
+        self.num_instances = num_instances
+        self.iters_per_epoch = iters_per_epoch
+        self.test_batch_size = test_batch_size
+        self.num_workers = num_workers
+        self.augment = dict(flip=flip, padding=padding, erasing=erasing)
+        self.visible_grayscale = visible_grayscale
+        self.masker = ClothesMasker(mode=clothes_masker)
+        self.seed = seed
+        self.benchmarks: list[BenchmarkSplit] = []
+        self.train_samples: list[Sample] = []
+        self.pseudo_labels: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- set-up
+    def prepare_data(self) -> None:
+        for source in self.sources:
+            source.prepare(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.benchmarks:
+            return
+        benchmarks: list[BenchmarkSplit] = []
+        for source in self.sources:
+            benchmarks.extend(source.load(self.root))
+        names = [b.name for b in benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two sources produce benchmarks with the same name: {names}")
+        self.benchmarks = benchmarks
+        self.train_samples = self._merge_training_samples(benchmarks)
+        if not self.train_samples:
+            raise ValueError("the configured sources have no training images")
+
+    @staticmethod
+    def _merge_training_samples(benchmarks: list[BenchmarkSplit]) -> list[Sample]:
+        """Training images of all sources; every ``cc`` image also appears as its clothing-agnostic view."""
+        merged: list[Sample] = []
+        for bench in benchmarks:
+            merged.extend(bench.train)
+            if bench.scenario == "cc":
+                merged.extend(replace(s, group=1) for s in bench.train if s.group == 0)
+        return merged
+
+    # ------------------------------------------------------------ block tags
+    @property
+    def blocks(self) -> list[tuple[str, int]]:
+        """(scenario, group) pairs present in the training set, in a fixed order."""
+        present = {(s.scenario, s.group) for s in self.train_samples}
+        return sorted(present, key=lambda b: (SCENARIOS.index(b[0]), b[1]))
+
+    @property
+    def block_of_index(self) -> np.ndarray:
+        block_id = {b: i for i, b in enumerate(self.blocks)}
+        return np.asarray([block_id[(s.scenario, s.group)] for s in self.train_samples], dtype=np.int64)
+
+    def set_pseudo_labels(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(self.train_samples),):
+            raise ValueError(f"expected {len(self.train_samples)} pseudo-labels, got shape {labels.shape}")
+        self.pseudo_labels = labels
+
+    # ------------------------------------------------------------ views
+    def _clothing_agnostic_view(self, sample: Sample, image: Image.Image) -> Image.Image:
+        if sample.scenario != "cc" or sample.group != 1:
+            return image
+        mask = None
+        if sample.mask_path and Path(sample.mask_path).is_file():
+            with Image.open(sample.mask_path) as m:
+                mask = m.convert("L").resize(image.size, Image.NEAREST)
+        return self.masker(image, mask)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.num_workers, pin_memory=False,
+                          persistent_workers=False, **kwargs)
+
+    # ------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        if self.pseudo_labels is None:
+            raise RuntimeError("no pseudo-labels yet: the pseudo-label callback must cluster before training")
+        rank, world = self._rank_world()
+        epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
+        sampler = PseudoIdentityBatchSampler(
+            self.pseudo_labels, self.block_of_index, num_clusters=self.num_clusters_per_batch,
+            num_instances=self.num_instances, iters_per_epoch=self.iters_per_epoch, seed=self.seed,
+            epoch=epoch, rank=rank, world_size=world,
+        )
+        base = train_transform(self.image_size, **self.augment)
+        extra = {}
+        if self.visible_grayscale > 0:
+            extra[("vi", 0)] = train_transform(self.image_size, grayscale=self.visible_grayscale, **self.augment)
+        dataset = ReIDImageDataset(self.train_samples, base, pseudo_labels=self.pseudo_labels,
+                                   view_transform=self._clothing_agnostic_view, extra_transforms=extra)
+        return self._loader(dataset, batch_sampler=sampler)
+
+    def extraction_dataloader(self, samples: list[Sample]) -> DataLoader:
+        """Test-transform loader over ``samples`` for this rank's shard (indices let the gather reorder)."""
+        rank, world = self._rank_world()
+        dataset = ReIDImageDataset(samples, test_transform(self.image_size),
+                                   view_transform=self._clothing_agnostic_view)
+        sampler = ShardedSequentialSampler(len(dataset), rank, world)
+        return self._loader(dataset, batch_size=self.test_batch_size, sampler=sampler)
+
+    def cluster_dataloader(self) -> DataLoader:
+        return self.extraction_dataloader(self.train_samples)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.extraction_dataloader(b.query + b.gallery) for b in self.benchmarks]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()

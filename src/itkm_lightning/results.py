@@ -1,0 +1,81 @@
+"""``<run_dir>/results.json``: every stage's numbers per benchmark, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+STAGE_ORDER = ("raw_pixels", "untrained", "stage1", "stage2", "stage3")
+METRICS = ("mAP", "R1", "R5", "R10", "mINP")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultsFile:
+    """``{"<stage>": {"<benchmark>": {"mAP": .., "R1": .., "R5": .., "R10": .., "mINP": ..}}}`` (fractions)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.data: dict[str, dict[str, dict[str, float]]] = {}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{self.path} is not valid JSON ({err}); move it away to start a fresh results file") from err
+
+    def __contains__(self, stage: str) -> bool:
+        return stage in self.data
+
+    def record(self, stage: str, results: dict[str, dict[str, float]], *, write: bool = True) -> None:
+        self.data[stage] = {bench: {m: float(v[m]) for m in METRICS if m in v} for bench, v in results.items()}
+        if write:
+            self.save()
+
+    def save(self) -> None:
+        ordered = {s: self.data[s] for s in sorted(self.data, key=lambda s: (STAGE_ORDER + (s,)).index(s))}
+        atomic_write_text(self.path, json.dumps(ordered, indent=2) + "\n")
+
+    def table(self) -> Table:
+        stages = [s for s in STAGE_ORDER if s in self.data] + [s for s in self.data if s not in STAGE_ORDER]
+        benches = sorted({b for s in stages for b in self.data[s]})
+        table = Table(title=f"results ({self.path})", show_lines=False)
+        table.add_column("benchmark")
+        for stage in stages:
+            table.add_column(f"{stage}\nmAP / R1", justify="right")
+        for bench in benches:
+            cells = []
+            for stage in stages:
+                r = self.data[stage].get(bench)
+                cells.append("-" if r is None else f"{100 * r['mAP']:.1f} / {100 * r['R1']:.1f}")
+            table.add_row(bench, *cells)
+        if len(benches) > 1:
+            means = []
+            for stage in stages:
+                vals = [self.data[stage][b] for b in benches if b in self.data[stage]]
+                means.append(f"{100 * sum(v['mAP'] for v in vals) / len(vals):.1f} / "
+                             f"{100 * sum(v['R1'] for v in vals) / len(vals):.1f}" if vals else "-")
+            table.add_row("[bold]mean[/bold]", *means)
+        return table
+
+    def print(self) -> None:
+        console = Console()
+        console.print(self.table())
+        console.print(f"results written to {self.path}")

@@ -1,0 +1,165 @@
+"""What every ITKM stage shares: the image encoder, feature extraction and benchmark evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from itkm_lightning.config import OptimConfig
+from itkm_lightning.distributed import all_gather_variable
+from itkm_lightning.evaluation import cosine_distance, evaluate_rank, summarize
+from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
+
+
+def evaluate_benchmark(bench, features: torch.Tensor) -> dict[str, float]:
+    """Score one benchmark from the features of ``bench.query + bench.gallery`` (in that order)."""
+    nq = len(bench.query)
+    qf, gf = features[:nq], features[nq:]
+    q, g = bench.query, bench.gallery
+    clothes = {}
+    if bench.protocol in ("cloth_changing", "same_clothes"):
+        clothes = dict(q_clothes=np.array([s.clothes for s in q]), g_clothes=np.array([s.clothes for s in g]))
+    result = evaluate_rank(
+        cosine_distance(qf, gf),
+        np.array([s.pid for s in q]), np.array([s.pid for s in g]),
+        np.array([s.camid for s in q]), np.array([s.camid for s in g]),
+        protocol=bench.protocol, **clothes,
+    )
+    return summarize(result)
+
+
+class ReIDStage(L.LightningModule):
+    """Base of the stages: owns ``encoder`` and scores every benchmark of the datamodule in validation.
+
+    Args:
+        backbone: the CLIP image encoder (weights source, input size, scenario embedding, dual branch).
+        optim: optimiser and schedule.
+        flip_test: average features of an image and its mirror at test time.
+        retrieval_feature: ``f`` (CLS after the final layer norm) or ``f+v`` (concatenated with the projection,
+            as CLIP-ReID does).
+    """
+
+    stage_name = "stage"
+
+    def __init__(
+        self,
+        backbone: BackboneConfig = BackboneConfig(),
+        optim: OptimConfig = OptimConfig(),
+        flip_test: bool = False,
+        retrieval_feature: str = "f",
+    ) -> None:
+        super().__init__()
+        if retrieval_feature not in ("f", "f+v"):
+            raise ValueError(f"retrieval_feature must be 'f' or 'f+v'; got {retrieval_feature!r}")
+        self.backbone_config = backbone
+        self.optim = optim
+        self.flip_test = flip_test
+        self.retrieval_feature = retrieval_feature
+        self.encoder = CLIPImageEncoder(self.backbone_config)
+        self.benchmark_results: dict[str, dict[str, float]] = {}
+        self._val_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    # ---------------------------------------------------------------- features
+    def clustering_features(self, batch: dict) -> torch.Tensor:
+        out = self.encoder(batch["image"], batch["scenario"], batch["group"])
+        return F.normalize(out.f, dim=1)
+
+    def retrieval_features(self, batch: dict) -> torch.Tensor:
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            out = self.encoder(images, batch["scenario"], batch["group"])
+            feats = out.f if self.retrieval_feature == "f" else torch.cat([out.f, out.v], dim=1)
+            return feats
+
+        feats = encode(batch["image"])
+        if self.flip_test:
+            feats = feats + encode(torch.flip(batch["image"], dims=[3]))
+        return F.normalize(feats, dim=1)
+
+    @torch.no_grad()
+    def extract(self, loader: DataLoader, which: str = "clustering") -> torch.Tensor:
+        """Features of a sharded loader, gathered from every rank and put back in dataset order (on CPU)."""
+        was_training = self.training
+        self.eval()
+        encode = self.clustering_features if which == "clustering" else self.retrieval_features
+        indices, feats = [], []
+        for batch in loader:
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            feats.append(encode(batch).float())
+            indices.append(batch["index"])
+        local_idx = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=self.device)
+        local = torch.cat(feats) if feats else torch.zeros(0, 1, device=self.device)
+        all_idx = all_gather_variable(local_idx)
+        all_feats = all_gather_variable(local)
+        out = torch.empty_like(all_feats)
+        out[all_idx] = all_feats
+        self.train(was_training)
+        return out.cpu()
+
+    # ---------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_buffers = {}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        feats = self.retrieval_features(batch).float()
+        self._val_buffers.setdefault(dataloader_idx, []).append((batch["index"], feats))
+
+    def on_validation_epoch_end(self) -> None:
+        benchmarks = self.trainer.datamodule.benchmarks
+        results: dict[str, dict[str, float]] = {}
+        for i, bench in enumerate(benchmarks):
+            chunks = self._val_buffers.get(i, [])
+            idx = torch.cat([c[0] for c in chunks]) if chunks else torch.zeros(0, dtype=torch.long, device=self.device)
+            dim = chunks[0][1].shape[1] if chunks else 1
+            feats = torch.cat([c[1] for c in chunks]) if chunks else torch.zeros(0, dim, device=self.device)
+            idx, feats = all_gather_variable(idx), all_gather_variable(feats)
+            ordered = torch.empty_like(feats)
+            ordered[idx] = feats
+            results[bench.name] = evaluate_benchmark(bench, ordered.cpu())
+            for metric, value in results[bench.name].items():
+                self.log(f"val/{bench.name}/{metric}", value, sync_dist=False, rank_zero_only=True)
+        if results:
+            mean_map = float(np.mean([r["mAP"] for r in results.values()]))
+            self.log("val/mean_mAP", mean_map, rank_zero_only=True)
+            summary = ", ".join(f"{n} mAP {r['mAP']:.3f} R1 {r['R1']:.3f}" for n, r in results.items())
+            rank_zero_info(f"[{self.stage_name}] epoch {self.current_epoch}: {summary}")
+        self.benchmark_results = results
+        self._val_buffers = {}
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        new = list(self.encoder.new_parameters())
+        new_ids = {id(p) for p in new}
+        pretrained = [p for p in self.parameters() if p.requires_grad and id(p) not in new_ids]
+        groups = [{"params": pretrained, "lr": self.optim.lr}]
+        if new:
+            groups.append({"params": [p for p in new if p.requires_grad], "lr": self.optim.lr_new})
+        optimizer = torch.optim.Adam(groups, weight_decay=self.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _lr_factor(self, epoch: int) -> float:
+        cfg = self.optim
+        if epoch < cfg.warmup_epochs:
+            return 0.1 + 0.9 * epoch / cfg.warmup_epochs
+        if cfg.schedule == "constant":
+            return 1.0
+        if cfg.schedule == "step":
+            return cfg.step_gamma ** sum(epoch >= e for e in cfg.step_epochs)
+        total = max(1, (self.trainer.max_epochs or 1) - cfg.warmup_epochs)
+        progress = min(1.0, (epoch - cfg.warmup_epochs) / total)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))

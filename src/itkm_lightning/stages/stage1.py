@@ -1,0 +1,70 @@
+"""Stage I: unsupervised homogeneous learning (method.md section 4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from itkm_lightning.config import ClusteringConfig, OptimConfig
+from itkm_lightning.distributed import all_gather_variable
+from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.losses import cluster_nce
+from itkm_lightning.models.memory import ClusterMemory
+from itkm_lightning.stages.base import ReIDStage
+
+
+class Stage1(ReIDStage):
+    """Cluster-contrast inside each (scenario, group) block, with the scenario embedding and dual branch.
+
+    Args:
+        backbone: the CLIP image encoder (weights source, input size, scenario embedding, dual branch).
+        clustering: pseudo-label settings used at fit start and after every epoch.
+        optim: optimiser and schedule.
+        temperature: ClusterNCE temperature tau.
+        memory_momentum: mu in ``m <- mu*m + (1-mu)*f``.
+        flip_test: average features of an image and its mirror at test time.
+        retrieval_feature: ``f`` or ``f+v`` (concatenated with the projected feature).
+    """
+
+    stage_name = "stage1"
+
+    def __init__(
+        self,
+        backbone: BackboneConfig = BackboneConfig(),
+        clustering: ClusteringConfig = ClusteringConfig(),
+        optim: OptimConfig = OptimConfig(),
+        temperature: float = 0.05,
+        memory_momentum: float = 0.1,
+        flip_test: bool = False,
+        retrieval_feature: str = "f",
+    ) -> None:
+        super().__init__(backbone=backbone, optim=optim, flip_test=flip_test, retrieval_feature=retrieval_feature)
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0; got {temperature}")
+        self.save_hyperparameters()
+        self.clustering = clustering
+        self.temperature = temperature
+        self.memory = ClusterMemory(self.encoder.feature_dim, momentum=memory_momentum)
+
+    def configure_callbacks(self):
+        from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback
+
+        if self.trainer.state.fn != "fit":
+            return []  # validate/test need no pseudo-labels
+        return [PseudoLabelCallback(self.clustering)]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        labels = batch["pseudo_label"]
+        out = self.encoder(batch["image"], batch["scenario"], batch["group"])
+        f = F.normalize(out.f, dim=1)
+        logits = self.memory.logits(f, self.memory.blocks[labels], self.temperature)
+        loss = cluster_nce(logits, labels)
+        # Every rank applies the same memory update from all ranks' samples, so memories stay identical.
+        self.memory.update(all_gather_variable(f.detach()), all_gather_variable(labels))
+        self.log("train/loss_homo", loss, prog_bar=True, batch_size=labels.numel())
+        return loss
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})
+        if "memory.features" in state:
+            self.memory.resize_like(state["memory.features"], state["memory.blocks"])

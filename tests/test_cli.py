@@ -1,0 +1,64 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from itkm_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "conf").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_print_config_works_for_every_shipped_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "trainer:" in out and "model:" in out and "data:" in out
+
+
+def test_dotted_override_reaches_the_printed_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "conf/smoke.yaml"), "--trainer.max_epochs", "7",
+              "--model.clustering.eps", "0.45", "--print_config"])
+    out = capsys.readouterr().out
+    assert "max_epochs: 7" in out and "eps: 0.45" in out
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.temperature", "abc"], "temperature"),
+        (["--model.clustering.eps", "-0.1"], "eps"),
+        (["--model.clustering.method", "kmeans"], "method"),
+        (["--model.clusterin.eps", "0.5"], "clusterin"),
+        (["--data.num_instances", "0"], "num_instances"),
+    ],
+)
+def test_bad_values_give_one_clear_line(args, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "conf/smoke.yaml"), *args, "--run_dir", "/nonexistent/never-written"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    first = err.strip().splitlines()[0]
+    assert first.startswith("itkm: error:") and expected in first
+    assert not Path("/nonexistent/never-written").exists()
+
+
+def test_missing_config_file_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "conf/does-not-exist.yaml"])
+    assert exit_info.value.code == 2
+    first = capsys.readouterr().err.strip().splitlines()[0]
+    assert "does-not-exist.yaml" in first
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "itkm_lightning", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0
+    assert "fit" in out.stdout

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from itkm_lightning.data.datamodule import ReIDDataModule
+from itkm_lightning.data.sources import SyntheticBenchmark
+
+GROUND_TRUTH_KEYS = {"pid", "camid", "clothes", "identity", "path", "source"}
+
+
+@pytest.fixture()
+def datamodule(synthetic_root):
+    dm = ReIDDataModule(sources=[SyntheticBenchmark(preset="tiny", seed=0)], root=str(synthetic_root),
+                        image_size=(64, 32), num_clusters_per_batch=2, num_instances=2, iters_per_epoch=2,
+                        test_batch_size=16, num_workers=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_merges_scenarios_into_six_blocks_with_namespaced_ids(datamodule):
+    assert datamodule.blocks == [("vi", 0), ("vi", 1), ("cr", 0), ("cr", 1), ("cc", 0), ("cc", 1)]
+    identities = {s.identity for s in datamodule.train_samples}
+    sources = {i.split(":")[0] for i in identities}
+    assert sources == {"synthetic_vi", "synthetic_cr", "synthetic_cc"}
+    # every cc training image also appears as its clothing-agnostic view (group 1)
+    cc = [s for s in datamodule.train_samples if s.scenario == "cc"]
+    assert sum(s.group == 0 for s in cc) == sum(s.group == 1 for s in cc) > 0
+
+
+def test_training_batches_carry_no_ground_truth(datamodule):
+    labels = np.arange(len(datamodule.train_samples)) // 2  # any pseudo-labels
+    datamodule.set_pseudo_labels(labels)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert set(batch) == {"image", "index", "scenario", "group", "pseudo_label"}
+    assert not GROUND_TRUTH_KEYS & set(batch)
+    assert batch["image"].shape[1:] == (3, 64, 32)
+    assert (batch["pseudo_label"] == labels[batch["index"].numpy()]).all()
+
+
+def test_clothing_agnostic_view_removes_colour_on_clothes(datamodule):
+    from PIL import Image
+
+    from itkm_lightning.data.dataset import load_rgb
+
+    view_sample = next(s for s in datamodule.train_samples if s.scenario == "cc" and s.group == 1)
+    original = np.asarray(load_rgb(view_sample.path), dtype=np.int16)
+    view = np.asarray(datamodule._clothing_agnostic_view(view_sample, load_rgb(view_sample.path)), dtype=np.int16)
+    mask = np.asarray(Image.open(view_sample.mask_path).convert("L")) > 127
+    assert mask.any()
+    assert (view[mask].max(axis=1) - view[mask].min(axis=1)).max() <= 2  # grey: no colour left
+    assert (view[~mask] == original[~mask]).all()
+
+
+def test_validation_loaders_cover_query_and_gallery(datamodule):
+    loaders = datamodule.val_dataloader()
+    assert len(loaders) == len(datamodule.benchmarks) == 3
+    for loader, bench in zip(loaders, datamodule.benchmarks):
+        assert len(loader.dataset) == len(bench.query) + len(bench.gallery)
+        assert "pid" not in next(iter(loader))
+
+
+def test_bad_values_are_rejected_with_the_key():
+    with pytest.raises(ValueError, match="num_instances"):
+        ReIDDataModule(sources=[SyntheticBenchmark(preset="tiny")], num_instances=0)
+    with pytest.raises(ValueError, match="sources"):
+        ReIDDataModule(sources=[])
