@@ -166,6 +166,8 @@ def test_jaccard_max_distance_keeps_only_close_pairs() -> None:
     pruned_rows = np.repeat(np.arange(pruned.shape[0]), np.diff(pruned.indptr))
     assert set(zip(pruned_rows, pruned.indices)) == expected
     assert pruned.nnz < full.nnz and pruned.data.max() <= 0.6
+    with pytest.raises(ValueError, match="max_distance must be >= 0"):
+        jaccard_distance(features, k1=12, k2=4, max_distance=-0.1)
 
 
 def test_jaccard_memory_is_sparse() -> None:

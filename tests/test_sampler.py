@@ -64,10 +64,17 @@ def test_small_clusters_contribute_all_members_once():
         assert len(batch) == len(set(batch)) == 10
 
 
-def test_too_few_clusters_is_a_clear_error():
-    labels = np.array([0, 0, 1, 1])
-    with pytest.raises(ValueError, match="num_clusters_per_batch"):
-        _make(labels, np.zeros_like(labels), num_clusters=4)
+def test_too_few_clusters_shrink_the_batch_with_a_warning():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    with pytest.warns(UserWarning, match="only 3 pseudo-identities"):
+        sampler = _make(labels, np.zeros_like(labels), num_clusters=4, num_instances=2)
+    assert all(sorted(b) == list(range(6)) for b in sampler)
+
+
+def test_fewer_clusters_than_ranks_is_a_clear_error():
+    labels = np.array([0, 0, -1])
+    with pytest.raises(ValueError, match="fewer than the 2 ranks"):
+        _make(labels, np.zeros_like(labels), world_size=2)
 
 
 def test_sharded_sequential_sampler_covers_everything_once():

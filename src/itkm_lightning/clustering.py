@@ -432,6 +432,8 @@ def jaccard_distance(
         ``max_distance``). Memory is O(N * k); no dense N x N array is ever built.
     """
     _check_neighbourhood_sizes(k1, k2)
+    if not max_distance >= 0:
+        raise ValueError(f"max_distance must be >= 0 (1 keeps every pair that shares weight); got {max_distance}.")
     cpu_features = _to_cpu_float32(features)
     _check_2d_finite(cpu_features, "features")
     n = cpu_features.shape[0]
@@ -547,7 +549,8 @@ def _fit_hdbscan(distances: sp.csr_matrix, min_samples: int):
     graph = _pad_short_rows(graph, min_samples)
     graph_rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
     graph.data[(graph.indices != graph_rows) & (graph.data < HDBSCAN_MIN_DISTANCE)] = HDBSCAN_MIN_DISTANCE
-    model = HDBSCAN(min_cluster_size=min_samples, metric="precomputed", copy=True)
+    # copy=False: ``graph`` is already this function's own float64 copy, sklearn may overwrite it.
+    model = HDBSCAN(min_cluster_size=min_samples, metric="precomputed", copy=False)
     return model.fit(graph), kept
 
 

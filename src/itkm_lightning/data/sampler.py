@@ -6,6 +6,7 @@ sets ``use_distributed_sampler=False`` and shards here itself (fast-reid does th
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
@@ -21,7 +22,8 @@ class PseudoIdentityBatchSampler(Sampler[list[int]]):
     no index appears twice in a step, and every rank yields the same number of batches. Clusters are drawn
     round-robin over the blocks (``block_of_index``: (scenario, group) ids) so that every batch mixes
     scenarios and groups. A cluster smaller than K contributes all its members (no duplicates).
-    Outliers (label -1) are never drawn.
+    Outliers (label -1) are never drawn. With fewer clusters than ``world_size * P`` (early epochs, degenerate
+    clustering), batches shrink to the clusters available, with a warning.
     """
 
     def __init__(
@@ -61,13 +63,19 @@ class PseudoIdentityBatchSampler(Sampler[list[int]]):
         for label, idx in self.members.items():
             clusters_of_block[int(blocks[idx[0]])].append(label)
         self.clusters_of_block = dict(sorted(clusters_of_block.items()))
-        needed = num_clusters * world_size
-        if len(self.members) < needed:
+        available = len(self.members) // world_size
+        if available < 1:
             raise ValueError(
-                f"a step needs {needed} distinct pseudo-identities ({num_clusters} per batch x {world_size} ranks) "
-                f"but clustering produced {len(self.members)}; lower data.num_clusters_per_batch or check the "
-                "clustering settings (eps, min_samples)"
+                f"clustering produced {len(self.members)} pseudo-identities, fewer than the {world_size} ranks that "
+                "each need one; check the clustering settings (eps, min_samples) or the features"
             )
+        if available < num_clusters:
+            warnings.warn(
+                f"only {len(self.members)} pseudo-identities for {num_clusters} per batch x {world_size} ranks: "
+                f"batches hold {available} identities this epoch",
+                stacklevel=2,
+            )
+            self.num_clusters = available
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
