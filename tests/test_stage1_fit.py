@@ -36,3 +36,24 @@ def test_fit_writes_results_for_every_stage_and_skips_when_done(tmp_path, synthe
     main(args)
     assert (run_dir / "results.json").read_text() == before
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_mtime
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_agrees_with_single_process_start(tmp_path, synthetic_root):
+    """gloo DDP on CPU: untrained evaluation equals the single-process one; clustering + training do not deadlock."""
+    import subprocess
+    import sys
+
+    results = {}
+    for devices in (1, 2):
+        run_dir = tmp_path / f"ddp{devices}"
+        cmd = [sys.executable, "-m", "itkm_lightning", "fit", "--config", str(REPO / "conf/smoke.yaml"),
+               "--data.root", str(synthetic_root), "--run_dir", str(run_dir), "--trainer.accelerator", "cpu",
+               "--trainer.devices", str(devices), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+        if devices > 1:
+            cmd += ["--trainer.strategy", "ddp"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[devices] = json.loads((run_dir / "results.json").read_text())
+    assert results[1]["untrained"] == results[2]["untrained"]
+    assert set(results[2]["stage1"]) == {"synthetic_vi", "synthetic_cr", "synthetic_cc"}

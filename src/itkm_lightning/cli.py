@@ -134,7 +134,8 @@ class ITKMCLI(LightningCLI):
         if trainer.interrupted:
             rank_zero_info(f"{stage} was interrupted; run the same command again to resume from {last}")
             return
-        trainer.validate(model, datamodule=datamodule, verbose=False)
+        if model.benchmark_results_step != trainer.global_step or trainer.global_step == 0:
+            trainer.validate(model, datamodule=datamodule, verbose=False)  # the last epoch did not validate
         if trainer.is_global_zero:
             results.record(stage, model.benchmark_results)
             results.print()

@@ -293,6 +293,30 @@ def resize_position_table(table: Tensor, grid: tuple[int, int]) -> Tensor:
     return torch.cat([cls_row, resized], dim=0)
 
 
+def fit_square_position_table(table: Tensor, grid: tuple[int, int], side: int) -> Tensor:
+    """A (1 + side*side, D) square table that ``resize_position_table`` turns back into ``table`` on ``grid``.
+
+    Lets a model trained on rectangular inputs (its position table on the (H, W) patch grid) be saved
+    as a standard square-table CLIPModel that loads back to the same numbers. The resize is linear
+    and, for ``side >= max(grid)``, onto, so exact pre-images exist; this returns the one closest to
+    the bicubic up-sampling of ``table`` (a smooth table, not an arbitrary one). CLS row kept.
+    """
+    height, width = grid
+    if table.dim() != 2 or table.shape[0] != 1 + height * width:
+        raise ValueError(f"expected a (1 + {height}*{width}, D) position table, got shape {tuple(table.shape)}")
+    if side < max(grid):
+        raise ValueError(f"side {side} must be >= max(grid) = {max(grid)} for an exact square table")
+    squares = side * side
+    basis = torch.cat([torch.zeros(1, squares), torch.eye(squares)]).double()
+    operator = resize_position_table(basis, grid)[1:].double()  # (H*W, side*side), column j = basis j resized
+    rect = table[1:].detach().double()
+    start = F.interpolate(
+        rect.T.reshape(1, -1, height, width), size=(side, side), mode="bicubic", align_corners=False
+    ).reshape(-1, squares).T
+    square = start + torch.linalg.pinv(operator) @ (rect - operator @ start)
+    return torch.cat([table[:1].detach(), square.to(table.dtype)])
+
+
 class CLIPImageEncoder(nn.Module):
     """CLIP ViT on (H, W) crops with a scenario embedding and one patch-embedding branch per group.
 
@@ -377,7 +401,13 @@ class CLIPImageEncoder(nn.Module):
                 chunks.append(_flatten_patches(branch(pixel_values.index_select(0, members))))
                 order.append(members)
         tokens = torch.cat(chunks)
-        return torch.zeros_like(tokens).index_copy(0, torch.cat(order), tokens)
+        tokens = torch.zeros_like(tokens).index_copy(0, torch.cat(order), tokens)
+        absent = [branch for index, branch in enumerate(self.patch_embeddings) if not bool((group == index).any())]
+        if absent and torch.is_grad_enabled():
+            # DDP expects a gradient for every parameter at every step; a group missing from this batch
+            # contributes exactly zero instead of forcing find_unused_parameters on every user.
+            tokens = tokens + 0.0 * sum(p.sum() for branch in absent for p in branch.parameters())
+        return tokens
 
     def _check_inputs(self, pixel_values: Tensor, scenario: Tensor, group: Tensor) -> None:
         expected = (self.patch_embeddings[0].in_channels, *self.cfg.image_size)
@@ -537,3 +567,21 @@ def _checked_tokenizer(folder: Path) -> CLIPTokenizer | None:
     # transformers 5.x can return a tokenizer with only its special tokens instead of failing: check the size.
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     return tokenizer if len(tokenizer) == CLIP_VOCAB_SIZE else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_clip_directory(model: CLIPModel, tokenizer: CLIPTokenizer, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` (``save_pretrained``: config + safetensors weights) and ``tokenizer`` into ``path``.
+
+    The folder then loads like a hub checkpoint: ``load_clip_model(BackboneConfig(name_or_path=path))``
+    and ``clip_tokenizer(path)``. Not atomic by itself: write into a fresh folder and rename it.
+    """
+    check_clip_layout(model)
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

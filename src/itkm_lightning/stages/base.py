@@ -63,6 +63,7 @@ class ReIDStage(L.LightningModule):
         self.retrieval_feature = retrieval_feature
         self.encoder = CLIPImageEncoder(self.backbone_config)
         self.benchmark_results: dict[str, dict[str, float]] = {}
+        self.benchmark_results_step = -1
         self._val_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # ---------------------------------------------------------------- features
@@ -122,13 +123,14 @@ class ReIDStage(L.LightningModule):
             ordered[idx] = feats
             results[bench.name] = evaluate_benchmark(bench, ordered.cpu())
             for metric, value in results[bench.name].items():
-                self.log(f"val/{bench.name}/{metric}", value, sync_dist=False, rank_zero_only=True)
+                self.log(f"val/{bench.name}/{metric}", value, sync_dist=True)
         if results:
             mean_map = float(np.mean([r["mAP"] for r in results.values()]))
-            self.log("val/mean_mAP", mean_map, rank_zero_only=True)
+            self.log("val/mean_mAP", mean_map, sync_dist=True)
             summary = ", ".join(f"{n} mAP {r['mAP']:.3f} R1 {r['R1']:.3f}" for n, r in results.items())
             rank_zero_info(f"[{self.stage_name}] epoch {self.current_epoch}: {summary}")
         self.benchmark_results = results
+        self.benchmark_results_step = self.global_step  # lets fit() reuse an end-of-training validation
         self._val_buffers = {}
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -45,6 +45,9 @@ class Stage1(ReIDStage):
         self.clustering = clustering
         self.temperature = temperature
         self.memory = ClusterMemory(self.encoder.feature_dim, momentum=memory_momentum)
+        # Stage I's loss reads only f; the projection to text space gets no gradient, so it is frozen here
+        # (and DDP sees no unused parameter). Stage III trains it again.
+        self.encoder.visual_projection.requires_grad_(False)
 
     def configure_callbacks(self):
         from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback
