@@ -64,3 +64,24 @@ def test_bad_values_are_rejected_with_the_key():
         ReIDDataModule(sources=[SyntheticBenchmark(preset="tiny")], num_instances=0)
     with pytest.raises(ValueError, match="sources"):
         ReIDDataModule(sources=[])
+
+
+def test_multi_trial_benchmarks_average_over_trials():
+    import torch
+
+    from itkm_lightning.data.schema import BenchmarkSplit, Sample
+    from itkm_lightning.stages.base import evaluate_benchmark
+
+    def s(pid, cam):
+        return Sample(path="x", pid=pid, camid=cam, scenario="vi", group=0, source="t")
+
+    query = [s(1, 3), s(2, 3)]
+    gallery = [s(1, 1), s(2, 1), s(1, 2), s(2, 2)]
+    # query 1 matches gallery 0 exactly and gallery 2 badly; query 2 the other way round
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+    feats = torch.nn.functional.normalize(feats, dim=1)
+    one = BenchmarkSplit("t", "vi", "market", query=query, gallery=gallery, trials=[(None, [0, 1])])
+    two = BenchmarkSplit("t", "vi", "market", query=query, gallery=gallery, trials=[(None, [0, 1]), (None, [2, 3])])
+    assert evaluate_benchmark(one, feats)["R1"] == 1.0
+    # trial 2: gallery (1,cam2)=[0.6,0.8], (2,cam2)=[0.8,0.6]: both queries rank the wrong id first
+    assert evaluate_benchmark(two, feats)["R1"] == 0.5

@@ -50,3 +50,7 @@ class BenchmarkSplit:
     train: list[Sample] = field(default_factory=list)
     query: list[Sample] = field(default_factory=list)
     gallery: list[Sample] = field(default_factory=list)
+    trials: list[tuple[list[int] | None, list[int] | None]] | None = None
+    """Multi-trial protocols (e.g. SYSU-MM01's 10 single-shot gallery draws): per trial, indices into
+    ``query`` and ``gallery`` (``None`` = all of them). Metrics are averaged over trials; features are
+    extracted once for all candidates. ``None`` means one trial over everything."""

@@ -18,20 +18,30 @@ from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
 
 
 def evaluate_benchmark(bench, features: torch.Tensor) -> dict[str, float]:
-    """Score one benchmark from the features of ``bench.query + bench.gallery`` (in that order)."""
+    """Score one benchmark from the features of ``bench.query + bench.gallery`` (in that order).
+
+    Multi-trial benchmarks average each metric (and so the CMC) over their trials.
+    """
     nq = len(bench.query)
-    qf, gf = features[:nq], features[nq:]
-    q, g = bench.query, bench.gallery
-    clothes = {}
-    if bench.protocol in ("cloth_changing", "same_clothes"):
-        clothes = dict(q_clothes=np.array([s.clothes for s in q]), g_clothes=np.array([s.clothes for s in g]))
-    result = evaluate_rank(
-        cosine_distance(qf, gf),
-        np.array([s.pid for s in q]), np.array([s.pid for s in g]),
-        np.array([s.camid for s in q]), np.array([s.camid for s in g]),
-        protocol=bench.protocol, **clothes,
-    )
-    return summarize(result)
+    trials = bench.trials or [(None, None)]
+    summaries = []
+    for q_idx, g_idx in trials:
+        q_idx = list(range(nq)) if q_idx is None else list(q_idx)
+        g_idx = list(range(len(bench.gallery))) if g_idx is None else list(g_idx)
+        q = [bench.query[i] for i in q_idx]
+        g = [bench.gallery[i] for i in g_idx]
+        qf, gf = features[q_idx], features[[nq + i for i in g_idx]]
+        clothes = {}
+        if bench.protocol in ("cloth_changing", "same_clothes"):
+            clothes = dict(q_clothes=np.array([s.clothes for s in q]), g_clothes=np.array([s.clothes for s in g]))
+        result = evaluate_rank(
+            cosine_distance(qf, gf),
+            np.array([s.pid for s in q]), np.array([s.pid for s in g]),
+            np.array([s.camid for s in q]), np.array([s.camid for s in g]),
+            protocol=bench.protocol, **clothes,
+        )
+        summaries.append(summarize(result))
+    return {k: float(np.mean([s[k] for s in summaries])) for k in summaries[0]}
 
 
 class ReIDStage(L.LightningModule):
