@@ -109,36 +109,44 @@ class ITKMCLI(LightningCLI):
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs: Any) -> None:
         """Baselines -> Stage I -> final evaluation, resumable: re-running the same command continues."""
         from itkm_lightning.baselines import raw_pixel_results
-        from itkm_lightning.results import ResultsFile
+        from itkm_lightning.results import ResultsFile, Timings
 
         trainer = self.trainer
         results = ResultsFile(self.run_dir / "results.json")
+        timings = Timings(self.run_dir / "timings.json", write=trainer.is_global_zero)
         stage = model.stage_name
         if stage in results:
             rank_zero_info(f"{stage} already finished in {self.run_dir}; pass another --run_dir to train again")
             if trainer.is_global_zero:
                 results.print()
             return
+        if trainer.local_rank == 0:  # other ranks wait at Lightning's own prepare_data barrier
+            with timings.part("data"):
+                datamodule.prepare_data()
         last = self.run_dir / RESUME_CHECKPOINT
         if ckpt_path is None and last.is_file():
             ckpt_path = str(last)
             rank_zero_info(f"resuming {stage} from {ckpt_path}")
         if ckpt_path is None and "untrained" not in results:
-            trainer.validate(model, datamodule=datamodule, verbose=False)
+            with timings.part("eval_untrained"):
+                trainer.validate(model, datamodule=datamodule, verbose=False)
             results.record("untrained", model.benchmark_results, write=trainer.is_global_zero)
         if "raw_pixels" not in results:
-            datamodule.prepare_data()
-            datamodule.setup("validate")
-            results.record("raw_pixels", raw_pixel_results(datamodule.benchmarks), write=trainer.is_global_zero)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+            with timings.part("eval_raw_pixels"):
+                datamodule.setup("validate")
+                results.record("raw_pixels", raw_pixel_results(datamodule.benchmarks), write=trainer.is_global_zero)
+        with timings.part(f"train_{stage}"):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
         if trainer.interrupted:
             rank_zero_info(f"{stage} was interrupted; run the same command again to resume from {last}")
             return
-        if model.benchmark_results_step != trainer.global_step or trainer.global_step == 0:
-            trainer.validate(model, datamodule=datamodule, verbose=False)  # the last epoch did not validate
+        with timings.part(f"eval_{stage}"):
+            if model.benchmark_results_step != trainer.global_step or trainer.global_step == 0:
+                trainer.validate(model, datamodule=datamodule, verbose=False)  # the last epoch did not validate
         if trainer.is_global_zero:
             results.record(stage, model.benchmark_results)
             results.print()
+            timings.print()
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -79,3 +82,31 @@ class ResultsFile:
         console = Console()
         console.print(self.table())
         console.print(f"results written to {self.path}")
+
+
+class Timings:
+    """Wall time of each part of a run (seconds), accumulated across resumes in ``timings.json``."""
+
+    def __init__(self, path: str | Path, *, write: bool = True) -> None:
+        self.path = Path(path)
+        self.write = write
+        self.data: dict[str, float] = {}
+        if self.path.is_file():
+            try:
+                self.data = {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+                self.data = {}  # timings are informative only; a damaged file is started afresh
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.data[name] = self.data.get(name, 0.0) + time.perf_counter() - start
+            if self.write:
+                atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+
+    def print(self) -> None:
+        parts = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in self.data.items())
+        Console().print(f"wall time: {parts} (total {sum(self.data.values()):.0f}s; {self.path})")
