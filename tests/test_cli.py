@@ -63,3 +63,16 @@ def test_module_entry_point_runs():
                          timeout=120)
     assert out.returncode == 0
     assert "fit" in out.stdout
+
+
+@pytest.mark.parametrize("overlay", [None, "sysu.yaml", "ltcc.yaml", "mlr_cuhk03.yaml"])
+def test_real_dataset_configs_without_data_name_the_layout(overlay, tmp_path, capsys):
+    args = ["fit", "--config", str(REPO / "conf/ums.yaml")]
+    if overlay:
+        args += ["--config", str(REPO / "conf" / overlay)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--data.root", str(tmp_path / "empty"), "--run_dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Expected layout" in err and "data/README.md" in err
+    assert not (tmp_path / "run").exists()  # nothing written half-way

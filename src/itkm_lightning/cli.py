@@ -83,6 +83,26 @@ class ITKMCLI(LightningCLI):
             cfg.run_dir = str(Path("runs") / name)
         cfg.trainer.default_root_dir = cfg.run_dir
 
+    def instantiate_classes(self) -> None:
+        self._check_data_sources()
+        super().instantiate_classes()
+
+    def _check_data_sources(self) -> None:
+        """Missing datasets are reported before minutes go into loading a backbone."""
+        from jsonargparse import Namespace
+        from jsonargparse.typing import import_object
+
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        data = cfg.get("data")
+        if data is None:
+            return
+        root = Path(data.get("root") or "data")
+        for entry in data.get("sources") or []:
+            if isinstance(entry, Namespace) and entry.get("class_path"):
+                init = entry.get("init_args")
+                kwargs = init.as_dict() if isinstance(init, Namespace) else dict(init or {})
+                import_object(entry.class_path)(**kwargs).check(root)
+
     @property
     def run_dir(self) -> Path:
         return Path(self._get(self.config, "run_dir"))
@@ -173,12 +193,15 @@ def _error_line(err: BaseException) -> str:
         # Re-raised from a DataLoader worker: the original message is the last line, after "Type: ".
         last = text.splitlines()[-1]
         return last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(err).__name__
+    # Our messages may carry a few more lines (an expected folder layout); keep them, indented.
+    lines = text.splitlines()[:25] if text else [type(err).__name__]
+    return "\n  ".join(lines)
 
 
 TOOLS = {
     # subcommand -> "module:function(argv)"; tools that are not a Trainer method get their own parser.
     "pretrain": "itkm_lightning.pretrain.cli:main",
+    "prepare": "itkm_lightning.prepare:main",
 }
 
 

@@ -8,6 +8,7 @@ human-parsing label maps via :meth:`ClothesMasker.from_parsing`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -17,6 +18,7 @@ LIP_CLOTHES_LABELS: tuple[int, ...] = (5, 6, 7, 9, 10, 12)
 """LIP / SCHP-LIP labels of garments: upper-clothes 5, dress 6, coat 7, pants 9, jumpsuits 10, skirt 12."""
 
 MaskerMode = Literal["auto", "mask", "fallback"]
+MaskFormat = Literal["binary", "parsing"]
 
 
 class ClothesMasker:
@@ -29,6 +31,10 @@ class ClothesMasker:
         band: (top, bottom) rows of the fallback band, as fractions of the image height.
         blur: Gaussian blur radius of the fallback, as a fraction of the image width.
         dilate: grow the mask by this many pixels first (covers colour bleeding at blurred edges).
+        mask_format: ``"binary"`` masks are white where clothes are; ``"parsing"`` masks are
+            human-parsing label maps (one class index per pixel, e.g. LIP/SCHP PNGs under a dataset's
+            ``masks/`` folder) turned into a binary mask with ``clothes_labels``.
+        clothes_labels: parsing classes that count as clothes (``mask_format="parsing"`` only).
     """
 
     def __init__(
@@ -38,6 +44,8 @@ class ClothesMasker:
         band: tuple[float, float] = (0.2, 0.95),
         blur: float = 0.15,
         dilate: int = 0,
+        mask_format: MaskFormat = "binary",
+        clothes_labels: tuple[int, ...] = LIP_CLOTHES_LABELS,
     ) -> None:
         if mode not in ("auto", "mask", "fallback"):
             raise ValueError(f"ClothesMasker mode must be 'auto', 'mask' or 'fallback', got {mode!r}.")
@@ -47,7 +55,11 @@ class ClothesMasker:
             raise ValueError(f"band must be (top, bottom) fractions with 0 <= top < bottom <= 1, got {band}.")
         if blur < 0 or dilate < 0:
             raise ValueError(f"blur and dilate must be non-negative, got blur={blur}, dilate={dilate}.")
+        if mask_format not in ("binary", "parsing"):
+            raise ValueError(f"mask_format must be 'binary' or 'parsing', got {mask_format!r}.")
         self.mode = mode
+        self.mask_format = mask_format
+        self.clothes_labels = tuple(clothes_labels)
         self.fill = fill
         self.band = band
         self.blur = blur
@@ -56,7 +68,7 @@ class ClothesMasker:
     def __repr__(self) -> str:
         return (
             f"ClothesMasker(mode={self.mode!r}, fill={self.fill}, band={self.band}, "
-            f"blur={self.blur}, dilate={self.dilate})"
+            f"blur={self.blur}, dilate={self.dilate}, mask_format={self.mask_format!r})"
         )
 
     def __call__(self, image: Image.Image, mask: Image.Image | None = None) -> Image.Image:
@@ -67,7 +79,20 @@ class ClothesMasker:
             )
         if self.mode == "fallback" or mask is None:
             return self.fallback(image)
+        if self.mask_format == "parsing":
+            mask = self.from_parsing(mask, self.clothes_labels)
         return self.apply_mask(image, mask)
+
+    def load_mask(self, path: str | Path) -> Image.Image:
+        """Read a mask file as an 'L' image in this masker's format.
+
+        Label maps keep their class indices: a palette ('P') PNG is read as its indices, not converted
+        through the palette (which ``Image.convert("L")`` would do and so destroy the labels).
+        """
+        with Image.open(path) as mask:
+            if self.mask_format == "parsing" and mask.mode in ("P", "L", "I", "I;16"):
+                return Image.fromarray(np.asarray(mask).astype(np.uint8))
+            return mask.convert("L")
 
     def apply_mask(self, image: Image.Image, mask: Image.Image) -> Image.Image:
         """Paint the clothes pixels (mask > 127) with the constant grey; keep every other pixel."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -37,7 +38,10 @@ class ReIDDataModule(L.LightningDataModule):
         padding: pad-then-random-crop size in pixels.
         erasing: random-erasing probability.
         visible_grayscale: random-grayscale probability for visible images of ``vi`` (colour augmentation).
-        clothes_masker: how the clothing-agnostic view of ``cc`` is made: ``auto`` uses masks when present.
+        clothes_masker: how the clothing-agnostic view of ``cc`` is made: ``auto`` uses masks when present,
+            ``fallback`` always uses the parsing-free grey-and-blur band.
+        clothes_mask_format: ``binary`` masks (white = clothes, as the synthetic benchmark writes) or
+            ``parsing`` label maps (LIP/SCHP class indices under a dataset's ``masks/`` folder).
         seed: seed of the P x K sampler's stream (shared by all ranks).
     """
 
@@ -55,7 +59,8 @@ class ReIDDataModule(L.LightningDataModule):
         padding: int = 10,
         erasing: float = 0.5,
         visible_grayscale: float = 0.0,
-        clothes_masker: str = "auto",
+        clothes_masker: Literal["auto", "mask", "fallback"] = "auto",
+        clothes_mask_format: Literal["binary", "parsing"] = "binary",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -79,7 +84,7 @@ class ReIDDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = dict(flip=flip, padding=padding, erasing=erasing)
         self.visible_grayscale = visible_grayscale
-        self.masker = ClothesMasker(mode=clothes_masker)
+        self.masker = ClothesMasker(mode=clothes_masker, mask_format=clothes_mask_format)
         self.seed = seed
         self.benchmarks: list[BenchmarkSplit] = []
         self.train_samples: list[Sample] = []
@@ -138,8 +143,7 @@ class ReIDDataModule(L.LightningDataModule):
             return image
         mask = None
         if sample.mask_path and Path(sample.mask_path).is_file():
-            with Image.open(sample.mask_path) as m:
-                mask = m.convert("L").resize(image.size, Image.NEAREST)
+            mask = self.masker.load_mask(sample.mask_path).resize(image.size, Image.NEAREST)
         return self.masker(image, mask)
 
     def _rank_world(self) -> tuple[int, int]:

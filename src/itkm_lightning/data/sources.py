@@ -19,6 +19,14 @@ class DatasetSource(ABC):
     def prepare(self, root: Path) -> None:
         """Generate or check files; runs once per node before ``load`` (Lightning's ``prepare_data``)."""
 
+    def check(self, root: Path) -> None:
+        """Fail early, before a model is built, when the files are not where they should be.
+
+        Reading the lists costs seconds even for large datasets; sources that generate their data on first
+        use override this to do nothing.
+        """
+        self.load(root)
+
     @abstractmethod
     def load(self, root: Path) -> list[BenchmarkSplit]:
         """Return the benchmarks of this source: training samples and query/gallery sets."""
@@ -62,6 +70,9 @@ class SyntheticBenchmark(DatasetSource):
             overrides["image_height"], overrides["image_width"] = image_size
         self.spec = SyntheticSpec.preset(preset).model_copy(update=overrides)
         self.spec = SyntheticSpec.model_validate(self.spec.model_dump())
+
+    def check(self, root: Path) -> None:
+        """Nothing to check: the benchmark is generated on first use."""
 
     def _dir(self, root: Path) -> Path:
         return Path(root) / "synthetic"

@@ -1,0 +1,126 @@
+"""Helpers shared by the real-dataset loaders (protocols.md section 1).
+
+Every loader lists images sorted by their path relative to the dataset root, reads only the expected
+image extensions, parses labels from relative path components, and fails on a bad layout with a message
+that shows the expected tree and points to ``data/README.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NoReturn
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+"""Extensions read as images (compared case-insensitively); anything else in a folder is ignored."""
+
+README_HINT = "see data/README.md"
+
+
+# ----------------------------------------------------------------------------- layout errors
+def missing_layout_error(name: str, root: Path | str, expected_tree: str) -> NoReturn:
+    """Raise FileNotFoundError: dataset ``name`` lacks ``root`` (the folder or file looked for).
+
+    ``expected_tree`` is a few lines showing the official layout; it is printed indented.
+    """
+    tree = "\n".join("    " + line for line in expected_tree.strip("\n").splitlines())
+    raise FileNotFoundError(
+        f"{name}: expected {Path(root)} but it does not exist. Expected layout:\n{tree}\n"
+        f"Put the dataset there or set its `path:` option ({README_HINT})."
+    )
+
+
+def require_dir(path: Path, name: str, expected_tree: str) -> Path:
+    """``path`` if it is a folder; otherwise the missing-layout error."""
+    if not path.is_dir():
+        missing_layout_error(name, path, expected_tree)
+    return path
+
+
+def require_file(path: Path, name: str, expected_tree: str) -> Path:
+    """``path`` if it is a file; otherwise the missing-layout error."""
+    if not path.is_file():
+        missing_layout_error(name, path, expected_tree)
+    return path
+
+
+def no_images_error(name: str, folder: Path | str) -> NoReturn:
+    """Raise ValueError: a folder that should hold images holds none."""
+    raise ValueError(
+        f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}; "
+        f"check that the dataset was extracted completely ({README_HINT})."
+    )
+
+
+def resolve_dataset_dir(root: Path | str, path: str | None, default_name: str) -> Path:
+    """The dataset folder: ``path`` (absolute, or relative to ``root``) or ``root/default_name``."""
+    if path is None:
+        return Path(root) / default_name
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else Path(root) / candidate
+
+
+# ----------------------------------------------------------------------------- listing
+def is_image(path: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> bool:
+    return path.suffix.lower() in tuple(extensions)
+
+
+def relative_key(path: Path, root: Path) -> str:
+    """The sort key of protocols.md section 1: the path relative to ``root`` in POSIX form."""
+    return path.relative_to(root).as_posix()
+
+
+def list_images(
+    folder: Path, root: Path | None = None, extensions: Iterable[str] = IMAGE_EXTENSIONS, recursive: bool = True
+) -> list[Path]:
+    """Image files below ``folder`` sorted by path relative to ``root`` (default ``folder``), in string order.
+
+    Missing folders give an empty list: callers decide whether that is an error.
+    """
+    if not folder.is_dir():
+        return []
+    root = folder if root is None else root
+    extensions = tuple(e.lower() for e in extensions)
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    images = [p for p in candidates if p.is_file() and is_image(p, extensions)]
+    return sorted(images, key=lambda p: relative_key(p, root))
+
+
+def sorted_file_names(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Names of the image files directly in ``folder``, in Python string order (empty if missing)."""
+    return [p.name for p in list_images(folder, recursive=False, extensions=extensions)]
+
+
+def camera_number(component: str) -> int | None:
+    """N for a path component exactly ``camN`` (case-insensitive), else None."""
+    match = re.fullmatch(r"cam(\d+)", component, flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+# ----------------------------------------------------------------------------- integers and lists
+def parse_int(text: str, what: str, where: Path | str) -> int:
+    """``int(text)`` (zero padding allowed) or a ValueError naming what was parsed and where."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer {what} but found {text!r} in {where}") from None
+
+
+def read_id_list(path: Path) -> list[int]:
+    """Integers separated by commas and/or whitespace (SYSU ``exp/*.txt``, LTCC ``info/*.txt``), in file order."""
+    tokens = [t for t in re.split(r"[,\s]+", path.read_text()) if t]
+    return [parse_int(t, "identity", path) for t in tokens]
+
+
+def read_labelled_list(path: Path) -> list[tuple[str, int]]:
+    """Lines ``<relative path> <integer label>`` (RegDB / LLCM ``idx`` lists); blank lines skipped."""
+    entries: list[tuple[str, int]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
+        entries.append((parts[0], parse_int(parts[1], "label", f"{path}:{number}")))
+    return entries
