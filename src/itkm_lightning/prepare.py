@@ -53,7 +53,7 @@ from itkm_lightning.data.datasets.cross_resolution import (
     read_mlr_manifest,
 )
 from itkm_lightning.data.dataset import load_rgb
-from itkm_lightning.results import atomic_write_text
+from itkm_lightning.fileio import atomic_write_text
 
 SEED = 0
 """mlr-v1 means seed 0; it is deliberately not an option (protocols.md 6.2)."""

@@ -16,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from itkm_lightning.fileio import atomic_write_text
+
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -99,14 +101,6 @@ def default_cache_dir() -> Path:
     return Path(root) / "clip_tokenizer"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # Several DDP ranks may build the cache at once: write a private file, then rename over.
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(tmp_name, path)
-
-
 def write_clip_vocab_files(cache_dir: Path | None = None) -> Path:
     """Write vocab.json and merges.txt (HF format) once; return the folder that holds them.
 
@@ -121,7 +115,7 @@ def write_clip_vocab_files(cache_dir: Path | None = None) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     merges = read_clip_merges(bpe_path)
-    _write_atomically(vocab_path, json.dumps(build_clip_vocab(merges), ensure_ascii=False))
+    atomic_write_text(vocab_path, json.dumps(build_clip_vocab(merges), ensure_ascii=False))
     merges_text = "#version: 0.2\n" + "\n".join(f"{left} {right}" for left, right in merges) + "\n"
-    _write_atomically(merges_path, merges_text)
+    atomic_write_text(merges_path, merges_text)
     return folder

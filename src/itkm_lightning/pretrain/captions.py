@@ -1,0 +1,202 @@
+"""Captions for the pretraining corpus, generated from the attributes that drew each picture.
+
+The captions describe a person at the level of *coarse* attributes, the way web captions describe
+people for real CLIP: a colour family for the top and the bottom ("red", "black", ...), whether the
+top is striped or checked, sleeve length, trousers or skirt, the kind of bag and the hair length.
+They never name identity-level details (skin tone, height, exact shades, shoes), and every phrase
+is dropped at random, so many people share one caption (docs/pretraining.md says why).
+
+A caption only states what its image can show:
+
+* infrared: no colour word at all (the intensity mapping scrambles colours), only shapes: pattern
+  structure, sleeves, trousers or skirt, bag, hair length;
+* pattern words ("striped", "checked", "plain") only when a pattern of the garment's period is
+  resolved at the image's resolution (so rarely on low-resolution images);
+* low resolution: hair is only "long" or "short" (a bun or a shaved head is a few pixels there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from itkm_lightning.data.synthetic_render import (
+    CLOTHES_PALETTE,
+    HAIR_PALETTE,
+    SKIN_PALETTE,
+    Identity,
+    Outfit,
+)
+
+Condition = Literal["visible", "infrared", "lowres"]
+CONDITIONS: tuple[Condition, ...] = ("visible", "infrared", "lowres")
+
+COLOUR_FAMILIES: dict[str, str] = {
+    "black": "black",
+    "navy": "black",
+    "white": "white",
+    "beige": "white",
+    "grey": "grey",
+    "red": "red",
+    "pink": "purple",
+    "purple": "purple",
+    "orange": "yellow",
+    "yellow": "yellow",
+    "green": "green",
+    "teal": "green",
+    "blue": "blue",
+    "brown": "brown",
+}
+"""Palette name -> the coarse colour word a caption uses (14 shades become 9 families)."""
+
+COLOUR_WORDS: frozenset[str] = frozenset(
+    {*COLOUR_FAMILIES.values(), *CLOTHES_PALETTE, *SKIN_PALETTE, *HAIR_PALETTE, "dark", "light", "blonde"}
+    | {word for name in HAIR_PALETTE for word in name.split()}
+)
+"""Every word that names a colour or a brightness, family or shade; none may appear in an infrared caption."""
+
+PATTERN_WORDS: frozenset[str] = frozenset({"striped", "checked", "plain", "stripes", "checks", "patterned"})
+
+PATTERN_ADJECTIVES = {"plain": "plain", "stripes": "striped", "checks": "checked"}
+
+MIN_RESOLVED_PATTERN_PERIOD_PX = 3.0
+"""A stripe or check period below this many pixels of the stored image blurs into a uniform tone."""
+
+SMALLEST_BODY_SCALE = 0.9
+"""Lower end of the renderer's per-picture scale jitter: periods are estimated for the smallest body."""
+
+BODY_HEIGHT_FRACTION = 0.82
+"""Body height over image height at scale 1 (the renderer's ``_body_geometry``)."""
+
+KEEP_PROBABILITY = 0.8
+"""Chance that each attribute phrase survives in a caption."""
+
+TEMPLATES = (
+    "a photo of a person wearing {clothes}{extras}.",
+    "a pedestrian in {clothes}{extras}.",
+    "a person dressed in {clothes}{extras}.",
+    "someone wearing {clothes}{extras}.",
+)
+NO_CLOTHES_TEMPLATES = ("a photo of a person{extras}.", "a pedestrian{extras}.")
+
+BAG_PHRASES = {
+    "none": "without a bag",
+    "backpack": "carrying a backpack",
+    "handbag": "carrying a handbag",
+    "shoulder": "with a shoulder bag",
+}
+HAIR_PHRASES = {"short": "short hair", "long": "long hair", "bun": "hair in a bun", "shaved": "a shaved head"}
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What one stored image can show about the clothes."""
+
+    colour: bool
+    """Colours are visible (False for infrared)."""
+    pattern: bool
+    """A pattern of the garment's period is resolved (so pattern words, "plain" included, are true and checkable)."""
+    fine_detail: bool
+    """Small shapes (a bun, a shaved head) are resolved (False for low resolution)."""
+
+
+def pattern_period_px(identity: Identity, outfit: Outfit, image_height: int, downsample: float = 1.0) -> float:
+    """Smallest period, in stored pixels, that the garment's stripes or checks can have in this image."""
+    body_px = BODY_HEIGHT_FRACTION * image_height * identity.height * SMALLEST_BODY_SCALE
+    return outfit.pattern_period * body_px / downsample
+
+
+def visibility(
+    condition: Condition, identity: Identity, outfit: Outfit, image_height: int, downsample: float = 1.0
+) -> Visibility:
+    """What an image rendered ``image_height`` pixels tall, then stored ``downsample`` times smaller, shows."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; choose one of {list(CONDITIONS)}.")
+    if downsample < 1.0:
+        raise ValueError(f"downsample must be >= 1 (stored size over rendered size), got {downsample}.")
+    resolved = pattern_period_px(identity, outfit, image_height, downsample) >= MIN_RESOLVED_PATTERN_PERIOD_PX
+    return Visibility(colour=condition != "infrared", pattern=resolved, fine_detail=condition != "lowres")
+
+
+def _kept(rng: np.random.Generator, probability: float = KEEP_PROBABILITY) -> bool:
+    return bool(rng.random() < probability)
+
+
+def _upper_phrase(outfit: Outfit, seen: Visibility, rng: np.random.Generator, keep: float) -> str:
+    words = []
+    if seen.colour and _kept(rng, 0.8):
+        words.append(COLOUR_FAMILIES[outfit.upper.name])
+    if seen.pattern and _kept(rng, 0.5):
+        words.append(PATTERN_ADJECTIVES[outfit.pattern])
+    if _kept(rng, keep):
+        words.append("t-shirt" if outfit.sleeves == "short" else "long-sleeved top")
+    else:
+        words.append("top")
+    article = "an" if words[0][0] in "aeiou" else "a"
+    return f"{article} {' '.join(words)}"
+
+
+def _lower_phrase(outfit: Outfit, seen: Visibility, rng: np.random.Generator) -> str:
+    noun = "trousers" if outfit.lower_kind == "trousers" else "a skirt"
+    if seen.colour and _kept(rng, 0.8):
+        colour = COLOUR_FAMILIES[outfit.lower.name]
+        return f"{colour} trousers" if outfit.lower_kind == "trousers" else f"a {colour} skirt"
+    return noun
+
+
+def _hair_phrase(identity: Identity, seen: Visibility) -> str:
+    if seen.fine_detail:
+        return HAIR_PHRASES[identity.hair_style]
+    return "long hair" if identity.hair_style == "long" else "short hair"
+
+
+def make_caption(
+    identity: Identity, outfit: Outfit, seen: Visibility, rng: np.random.Generator, keep: float = KEEP_PROBABILITY
+) -> str:
+    """One caption: a random subset of the attribute phrases the image can show, in a random template.
+
+    ``keep`` is the chance that each of top, bottom, bag and sleeve length is mentioned (hair: 2/3 of it).
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}.")
+    clothes = []
+    if _kept(rng, keep):
+        clothes.append(_upper_phrase(outfit, seen, rng, keep))
+    if _kept(rng, keep):
+        clothes.append(_lower_phrase(outfit, seen, rng))
+    extras = []
+    if _kept(rng, keep):
+        extras.append(BAG_PHRASES[identity.bag])
+    if _kept(rng, keep * 2 / 3):
+        extras.append("with " + _hair_phrase(identity, seen))
+    if not clothes and not extras:  # say at least one thing: the top, which every image shows
+        clothes.append(_upper_phrase(outfit, seen, rng, keep))
+    if len(clothes) == 2 and _kept(rng, 0.5):
+        clothes.reverse()
+    extra_text = "".join(f", {phrase}" if clothes else f" {phrase}" for phrase in extras)
+    if clothes:
+        template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+        return template.format(clothes=" and ".join(clothes), extras=extra_text)
+    template = NO_CLOTHES_TEMPLATES[int(rng.integers(len(NO_CLOTHES_TEMPLATES)))]
+    return template.format(extras=extra_text)
+
+
+def make_captions(
+    identity: Identity,
+    outfit: Outfit,
+    seen: Visibility,
+    rng: np.random.Generator,
+    count: int,
+    keep: float = KEEP_PROBABILITY,
+) -> list[str]:
+    """``count`` captions of one image (duplicates allowed: short captions often coincide)."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}.")
+    return [make_caption(identity, outfit, seen, rng, keep) for _ in range(count)]
+
+
+def caption_words(caption: str) -> set[str]:
+    """Lower-case words of a caption, punctuation stripped ("long-sleeved" stays one word)."""
+    return {word.strip(".,") for word in caption.lower().split()}
