@@ -63,6 +63,11 @@ class ITKMCLI(LightningCLI):
             datamodule_class=ReIDDataModule,
             parser_class=ITKMArgumentParser,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": (
+                "itkm-lightning: unsupervised multi-scenario person re-identification (ITKM). "
+                "Trainer subcommands below; tools: `itkm prepare mlr ...` (build MLR sets), "
+                "`itkm pretrain ...` (the demo's tiny CLIP). Each takes --help."
+            )},
             auto_configure_optimizers=False,
             args=args,
             run=run,
