@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -36,3 +39,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, payload: object) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+@contextmanager
+def staging_directory(final_dir: str | Path, is_complete: Callable[[Path], bool]) -> Iterator[Path]:
+    """Build a folder in a temporary sibling and rename it into place only when the block succeeds.
+
+    A killed or failed build never leaves anything under ``final_dir``. If another process finished the
+    same folder first, its copy is kept when ``is_complete`` accepts it; an empty ``final_dir`` is replaced.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    os.chmod(temp_dir, 0o777 & ~current_umask())  # mkdtemp makes it private; the finished folder is not
+    try:
+        yield temp_dir
+        if final_dir.is_dir() and not any(final_dir.iterdir()):
+            final_dir.rmdir()  # os.replace cannot replace a directory, even an empty one
+        try:
+            os.replace(temp_dir, final_dir)
+        except OSError as error:
+            if not is_complete(final_dir):
+                raise FileExistsError(
+                    f"{final_dir} exists but does not hold what this run built; delete it and run again"
+                ) from error
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -27,8 +27,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,6 +37,7 @@ from tqdm import tqdm
 
 from itkm_lightning.data import synthetic_render as render
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
+from itkm_lightning.fileio import staging_directory
 
 GENERATOR_VERSION = "1"
 """Bump when the pictures change for the same spec, so cached datasets are not reused."""
@@ -334,23 +333,12 @@ def ensure_synthetic(
     final_dir = root / dataset_name(root, spec)
     if _meta_matches(final_dir, spec):
         return final_dir
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=root))
-    try:
+    with staging_directory(final_dir, lambda d: _meta_matches(d, spec)) as temp_dir:
         records = _render_dataset(spec, temp_dir, final_dir.name, progress)
         _write_manifest(records, temp_dir / "manifest.csv")
         (temp_dir / "meta.json").write_text(
             json.dumps({**_meta(spec), "images": len(records)}, indent=2) + "\n"
         )
-        try:
-            os.replace(temp_dir, final_dir)
-        except OSError as error:
-            # Another process may have finished the same dataset first (the target is non-empty).
-            if not _meta_matches(final_dir, spec):
-                raise FileExistsError(
-                    f"{final_dir} exists but does not hold this dataset; delete it and call again."
-                ) from error
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
     return final_dir
 
 

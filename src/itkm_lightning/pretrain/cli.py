@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from itkm_lightning.cli import ITKMArgumentParser
-from itkm_lightning.fileio import atomic_write_json, current_umask
+from itkm_lightning.fileio import atomic_write_json, staging_directory
 from itkm_lightning.models.clip import BackboneConfig, clip_tokenizer, save_clip_directory
 from itkm_lightning.pretrain.corpus import CORPUS_VERSION, CorpusSpec
 from itkm_lightning.pretrain.datamodule import CorpusDataModule
@@ -138,10 +135,11 @@ def pretrain(cfg: Namespace, out: Path) -> dict:
     started = time.perf_counter()
     datamodule.prepare_data()
     corpus_seconds = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(temp_dir, 0o777 & ~current_umask())  # mkdtemp makes it private; the finished folder is not
-    try:
+    fingerprint_value = fingerprint(settings)
+    def finished_here(folder: Path) -> bool:
+        return (finished_meta(folder) or {}).get("fingerprint") == fingerprint_value
+
+    with staging_directory(out, finished_here) as temp_dir:
         L.seed_everything(cfg.seed_everything, verbose=False)
         model = build_module(cfg)
         trainer = _trainer(cfg, temp_dir)
@@ -157,7 +155,7 @@ def pretrain(cfg: Namespace, out: Path) -> dict:
             )
         save_clip_directory(model.to_clip_model(), clip_tokenizer(), temp_dir)
         meta = {
-            "fingerprint": fingerprint(settings),
+            "fingerprint": fingerprint_value,
             "settings": settings,
             "steps": trainer.global_step,
             "first_loss": _mean(model.loss_history[:LOSS_WINDOW]),
@@ -169,13 +167,6 @@ def pretrain(cfg: Namespace, out: Path) -> dict:
             "versions": {"torch": torch.__version__, "lightning": L.__version__},
         }
         (temp_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            os.replace(temp_dir, out)
-        except OSError as error:  # another run finished the same folder first
-            if (finished_meta(out) or {}).get("fingerprint") != meta["fingerprint"]:
-                raise FileExistsError(f"{out} appeared while training; delete it or pass another --out.") from error
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
     return meta
 
 

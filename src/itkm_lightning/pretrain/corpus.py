@@ -23,8 +23,6 @@ import colorsys
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from itkm_lightning.data import synthetic_render as render
+from itkm_lightning.fileio import staging_directory
 from itkm_lightning.pretrain.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
 
 CORPUS_VERSION = "3"
@@ -288,25 +287,11 @@ def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec | str = "demo", prog
         raise FileExistsError(
             f"{final_dir} exists but holds another corpus (older version or other spec); delete it and run again."
         )
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=root))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(temp_dir, 0o777 & ~mask)  # mkdtemp makes it private; the finished corpus is not
-    try:
+    with staging_directory(final_dir, lambda d: _meta_matches(d, spec)) as temp_dir:
         records = _render_corpus(spec, temp_dir, final_dir.name, progress)
         with (temp_dir / "manifest.jsonl").open("w") as handle:
             handle.writelines(json.dumps(record, sort_keys=True) + "\n" for record in records)
         (temp_dir / "meta.json").write_text(json.dumps({**_meta(spec), "images": len(records)}, indent=2) + "\n")
-        if final_dir.exists():
-            final_dir.rmdir()  # empty (checked above): os.replace cannot replace a directory
-        try:
-            os.replace(temp_dir, final_dir)
-        except OSError as error:
-            # Another process may have finished the same corpus first.
-            if not _meta_matches(final_dir, spec):
-                raise FileExistsError(f"{final_dir} exists but does not hold this corpus; delete it.") from error
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
     return final_dir
 
 

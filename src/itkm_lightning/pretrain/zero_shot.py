@@ -12,7 +12,6 @@ initialised scenario embedding (small, so its numbers come out close but not ide
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
