@@ -65,3 +65,16 @@ def staging_directory(final_dir: str | Path, is_complete: Callable[[Path], bool]
                 ) from error
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def folder_meta_matches(folder: str | Path, required_file: str, expected: dict) -> bool:
+    """A finished generated folder: ``required_file`` exists and ``meta.json`` holds ``expected`` (key by key)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not (meta_path.is_file() and (folder / required_file).is_file()):
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return isinstance(meta, dict) and {key: meta.get(key) for key in expected} == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -120,13 +121,14 @@ class ReIDDataModule(L.LightningDataModule):
         return merged
 
     # ------------------------------------------------------------ block tags
-    @property
+    # Derived once from the training samples (fixed after setup); the callback and loaders read them often.
+    @cached_property
     def blocks(self) -> list[tuple[str, int]]:
         """(scenario, group) pairs present in the training set, in a fixed order."""
         present = {(s.scenario, s.group) for s in self.train_samples}
         return sorted(present, key=lambda b: (SCENARIOS.index(b[0]), b[1]))
 
-    @property
+    @cached_property
     def block_of_index(self) -> np.ndarray:
         block_id = {b: i for i, b in enumerate(self.blocks)}
         return np.asarray([block_id[(s.scenario, s.group)] for s in self.train_samples], dtype=np.int64)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from itkm_lightning.data import synthetic_render as render
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
-from itkm_lightning.fileio import staging_directory
+from itkm_lightning.fileio import folder_meta_matches, staging_directory
 
 GENERATOR_VERSION = "1"
 """Bump when the pictures change for the same spec, so cached datasets are not reused."""
@@ -297,14 +297,7 @@ def _meta(spec: SyntheticSpec) -> dict:
 
 
 def _meta_matches(dataset_dir: Path, spec: SyntheticSpec) -> bool:
-    meta_path = dataset_dir / "meta.json"
-    if not (meta_path.is_file() and (dataset_dir / "manifest.csv").is_file()):
-        return False
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        return False
-    return isinstance(meta, dict) and {k: meta.get(k) for k in ("generator_version", "spec")} == _meta(spec)
+    return folder_meta_matches(dataset_dir, "manifest.csv", _meta(spec))
 
 
 def dataset_name(root: Path, spec: SyntheticSpec) -> str:

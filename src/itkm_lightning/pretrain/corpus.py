@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from itkm_lightning.data import synthetic_render as render
-from itkm_lightning.fileio import staging_directory
+from itkm_lightning.fileio import folder_meta_matches, staging_directory
 from itkm_lightning.pretrain.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
 
 CORPUS_VERSION = "3"
@@ -258,14 +258,7 @@ def _meta(spec: CorpusSpec) -> dict:
 
 
 def _meta_matches(corpus_dir: Path, spec: CorpusSpec) -> bool:
-    meta_path = corpus_dir / "meta.json"
-    if not (meta_path.is_file() and (corpus_dir / "manifest.jsonl").is_file()):
-        return False
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        return False
-    return isinstance(meta, dict) and {k: meta.get(k) for k in ("corpus_version", "spec")} == _meta(spec)
+    return folder_meta_matches(corpus_dir, "manifest.jsonl", _meta(spec))
 
 
 def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec | str = "demo", progress: bool = True) -> Path:
