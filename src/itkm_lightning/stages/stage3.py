@@ -217,8 +217,9 @@ class Stage3(ReIDStage):
     def refresh_heterogeneous(self, features: torch.Tensor, labels: np.ndarray, is_global_zero: bool) -> None:
         """DRU, CHM and IHM for new labels (call after the cluster memory was rebuilt), on every rank."""
         self.refresh_instance_memory(features)
-        state = self._heterogeneous_state(self.instance_memory, torch.from_numpy(labels).to(self.device)) \
-            if is_global_zero else {}
+        state = {}
+        if is_global_zero:
+            state = self._heterogeneous_state(self.instance_memory, torch.from_numpy(labels).to(self.device))
         for name in ("instance_text", "prototypes", "chm_partner", "ihm_positives", "train_labels"):
             setattr(self, name, broadcast_tensor(state.get(name)).to(self.device))
 
