@@ -7,7 +7,8 @@ import pytest
 from itkm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "conf").rglob("*.yaml"))
+# Overlays (conf/ablations) are not standalone configs: tests/test_ablations.py composes them.
+CONFIGS = sorted(p for p in (REPO / "conf").rglob("*.yaml") if "ablations" not in p.parts)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])

@@ -116,6 +116,15 @@ class PseudoLabelCallback(L.Callback):
                 rank_zero_warn(f"pseudo-labels: block {name} has no cluster this epoch ({s['num_outliers']} outliers); "
                                "it sits out the epoch")
         self._apply(trainer, pl_module, labels, recompute_memory=True, features=features)
+        self.after_relabel(trainer, pl_module, labels, features)
+
+    def after_relabel(self, trainer: L.Trainer, pl_module: L.LightningModule, labels: np.ndarray,
+                      features: torch.Tensor) -> None:
+        """Extra per-epoch work once new labels and memories exist (subclasses; Stage I needs none).
+
+        Called on every rank with the same ``labels`` and gathered ``features`` (dataset order, CPU).
+        Not called when a resumed run restores the checkpoint's labels.
+        """
 
     def _apply(self, trainer, pl_module, labels: np.ndarray, *, recompute_memory: bool,
                features: torch.Tensor | None = None) -> None:

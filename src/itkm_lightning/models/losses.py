@@ -15,3 +15,83 @@ def cluster_nce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(logits, targets)
+
+
+def masked_logits(
+    features: torch.Tensor, bank: torch.Tensor, bank_blocks: torch.Tensor, target_blocks: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``scale * features @ bank.T`` with -inf wherever the bank row's block is not the sample's target block."""
+    logits = features @ bank.t() * scale
+    return logits.masked_fill(bank_blocks[None, :] != target_blocks[:, None], float("-inf"))
+
+
+def chm_loss(
+    features: torch.Tensor,
+    centroids: torch.Tensor,
+    centroid_blocks: torch.Tensor,
+    other_blocks: torch.Tensor,
+    partners: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Cluster-level heterogeneous loss: ClusterNCE against the *other* group's centroids.
+
+    ``-log(exp(f.m_p/tau) / sum_k exp(f.m_k/tau))``, p = the CHM partner of the sample's cluster, k over
+    the clusters of the other group of its scenario; samples whose cluster has no partner (-1) are left out.
+    """
+    keep = partners >= 0
+    logits = masked_logits(features[keep], centroids, centroid_blocks, other_blocks[keep], 1.0 / temperature)
+    return cluster_nce(logits, partners[keep])
+
+
+def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """``-log(sum_{p in P} exp(s_p) / sum_j exp(s_j))`` per row, averaged over rows with a positive.
+
+    ``logits`` may hold -inf (excluded candidates); ``positive`` is a boolean mask of the same shape.
+    Rows without any positive are left out; with none at all the loss is a graph-connected zero.
+    """
+    rows = positive.any(dim=1)
+    if not rows.any():
+        # -inf * 0 is NaN: zero out the masked entries, then multiply by 0 to keep the graph connected.
+        return torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits)).sum() * 0.0
+    logits, positive = logits[rows], positive[rows]
+    pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    return (torch.logsumexp(logits, dim=1) - pos).mean()
+
+
+def ihm_loss(
+    features: torch.Tensor,
+    bank: torch.Tensor,
+    bank_blocks: torch.Tensor,
+    other_blocks: torch.Tensor,
+    positives: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Instance-level heterogeneous loss: multi-positive InfoNCE against the other group's instance memory.
+
+    Candidates of sample i are the bank rows of ``other_blocks[i]`` (the other group of its scenario);
+    ``positives`` [B, k] holds bank indices of its IHM set, padded with -1 (an empty set leaves it out).
+    """
+    logits = masked_logits(features, bank, bank_blocks, other_blocks, 1.0 / temperature)
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    valid = positives >= 0
+    row = torch.arange(len(positives), device=positives.device)[:, None].expand_as(positives)
+    positive[row[valid], positives[valid]] = True
+    positive &= torch.isfinite(logits)  # a positive outside the candidate block would be meaningless
+    return multi_positive_nce(logits, positive)
+
+
+def text_contrastive_loss(
+    v: torch.Tensor,
+    prototypes: torch.Tensor,
+    prototype_blocks: torch.Tensor,
+    sample_blocks: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: float,
+) -> torch.Tensor:
+    """Text-guided loss: cross-entropy of ``v`` against the cluster text prototypes ``t_c`` of its own block.
+
+    Logits are ``logit_scale * cos(v, t_c)`` (CLIP's scale); clusters of other blocks are masked out.
+    """
+    v = F.normalize(v, dim=1)
+    logits = masked_logits(v, prototypes, prototype_blocks, sample_blocks, logit_scale)
+    return cluster_nce(logits, labels)

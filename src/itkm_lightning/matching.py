@@ -1,0 +1,124 @@
+"""Heterogeneous matching between the two groups of a scenario (method.md sections 6.3 and 6.4).
+
+* CHM (cluster level): Hungarian assignment of group-0 to group-1 clusters on the cost ``exp(-sim)``,
+  extra rounds for the clusters of the larger side left over (many-to-one), pairs below a similarity
+  threshold dropped.
+* IHM (instance level): the intersection of an instance's top-k neighbours in the other group in image
+  space and in text space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+# Bounds the (row chunk x other group) similarity matrix of the IHM search (float32 entries).
+IHM_BLOCK_ELEMENTS = 1 << 25
+
+
+def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2) -> np.ndarray:
+    """Reliable cluster pairs ``(row, col)`` of a [A, B] similarity matrix, shape [M, 2], sorted by row.
+
+    Round 1 is a one-to-one Hungarian assignment (``min(A, B)`` pairs). Each further round assigns the
+    still unmatched clusters of the larger side once more against every cluster of the smaller side, so a
+    cluster of the smaller side can take several partners (many-to-one). A pair is kept only if its
+    similarity is >= ``threshold``; dropped pairs are not re-assigned.
+    """
+    sim = np.asarray(sim, dtype=np.float64)
+    if sim.ndim != 2:
+        raise ValueError(f"similarity must be a 2-D matrix; got shape {sim.shape}")
+    if rounds < 1:
+        raise ValueError(f"CHM rounds must be >= 1; got {rounds}")
+    if 0 in sim.shape:
+        return np.zeros((0, 2), dtype=np.int64)
+    cost = np.exp(-sim)
+    rows, cols = linear_sum_assignment(cost)
+    pairs = [np.stack([rows, cols], axis=1)]
+    rows_larger = sim.shape[0] > sim.shape[1]
+    matched = set((rows if rows_larger else cols).tolist())
+    larger = sim.shape[0] if rows_larger else sim.shape[1]
+    for _ in range(rounds - 1):
+        left = np.array(sorted(set(range(larger)) - matched), dtype=np.int64)
+        if left.size == 0:
+            break
+        sub = cost[left] if rows_larger else cost[:, left].T  # [left, smaller side]
+        r, c = linear_sum_assignment(sub)
+        new = np.stack([left[r], c], axis=1) if rows_larger else np.stack([c, left[r]], axis=1)
+        pairs.append(new)
+        matched.update(left[r].tolist())
+    pairs = np.concatenate(pairs).astype(np.int64)
+    pairs = pairs[sim[pairs[:, 0], pairs[:, 1]] >= threshold]
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def partner_table(pairs: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each cluster's L_chm target on the other side: its most similar kept partner, -1 when unmatched.
+
+    Returns ``(partner_of_row [A], partner_of_col [B])``.
+    """
+    a, b = sim.shape
+    best_row, best_col = np.full(a, -1, dtype=np.int64), np.full(b, -1, dtype=np.int64)
+    score_row, score_col = np.full(a, -np.inf), np.full(b, -np.inf)
+    for r, c in pairs:
+        s = sim[r, c]
+        if s > score_row[r]:
+            best_row[r], score_row[r] = c, s
+        if s > score_col[c]:
+            best_col[c], score_col[c] = r, s
+    return best_row, best_col
+
+
+def topk_other(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (into ``candidates``) of each query's ``k`` most similar candidates (dot product), [Nq, k].
+
+    Rows are processed in chunks so memory stays bounded by ``IHM_BLOCK_ELEMENTS`` whatever the size.
+    """
+    k = min(k, candidates.shape[0])
+    out = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
+    chunk = max(1, IHM_BLOCK_ELEMENTS // max(1, candidates.shape[0]))
+    for start in range(0, queries.shape[0], chunk):
+        sims = queries[start:start + chunk] @ candidates.t()
+        out[start:start + chunk] = sims.topk(k, dim=1).indices
+    return out
+
+
+def instance_positives(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    blocks: torch.Tensor,
+    other_block: torch.Tensor,
+    k: int = 10,
+) -> torch.Tensor:
+    """IHM positive sets, [N, k] of global instance indices padded with -1 (an empty set is all -1).
+
+    For instance i of block b, the candidates are the instances of ``other_block[b]`` (the other group of
+    the same scenario; -1 = none); positives are the candidates among both its image-space and its
+    text-space top-k.
+
+    Args:
+        image_features: [N, D] L2-normalised image features.
+        text_features: [N, P] L2-normalised instance-level text ``u``.
+        blocks: [N] block of each instance.
+        other_block: [num_blocks] the paired block of each block, -1 if the scenario lacks it.
+        k: neighbours searched in each space.
+    """
+    if k < 1:
+        raise ValueError(f"IHM k must be >= 1; got {k}")
+    out = torch.full((len(blocks), k), -1, dtype=torch.long, device=image_features.device)
+    for b in torch.unique(blocks).tolist():
+        o = int(other_block[b])
+        if o < 0:
+            continue
+        rows = torch.nonzero(blocks == b).flatten()
+        cand = torch.nonzero(blocks == o).flatten()
+        if cand.numel() == 0:
+            continue
+        by_image = topk_other(image_features[rows], image_features[cand], k)
+        by_text = topk_other(text_features[rows], text_features[cand], k)
+        in_both = (by_image[:, :, None] == by_text[:, None, :]).any(dim=2)
+        found = torch.where(in_both, cand[by_image], torch.full_like(by_image, -1))
+        # Positives first, padding last, so the table reads naturally.
+        found = found.gather(1, (~in_both).to(torch.int8).argsort(dim=1, stable=True))
+        out[rows, : found.shape[1]] = found
+    return out
