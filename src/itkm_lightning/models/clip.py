@@ -4,8 +4,8 @@
   from a small config; it never falls back silently to random weights.
 * `CLIPImageEncoder` runs CLIP's vision tower on rectangular person crops (resized position table),
   with a learnable scenario embedding and one patch-embedding branch per homogeneous group.
-* `CLIPTextEncoder` is CLIP's frozen text tower, callable on token ids or directly on word embeddings
-  (for learnable prompts "A photo of a X1..XM person.").
+* `CLIPTextEncoder` is CLIP's frozen text tower, callable on token ids, directly on word embeddings, or
+  on a `PromptTemplate` with learnable words in its slots (prompts "A photo of a X1..XM person.").
 * `clip_tokenizer` returns a working CLIP tokenizer without network access.
 
 We address `CLIPModel` submodules by name (HF's `CLIPVisionModel`/`get_image_features` changed shape
@@ -515,6 +515,59 @@ class CLIPTextEncoder(nn.Module):
         hidden = self.final_layer_norm(self.encoder(inputs_embeds=hidden, attention_mask=mask)[0])
         eot_states = hidden[torch.arange(batch, device=hidden.device), eot_positions.to(hidden.device)]
         return self.text_projection(eot_states)
+
+
+    def encode_prompts(self, template: PromptTemplate, words: Tensor) -> Tensor:
+        """(B, M, W) learnable word embeddings written into ``template``'s M slots -> (B, P) text features.
+
+        Every row shares the template's fixed words; only the slots differ. The sequence stops at the
+        EOT token (attention is causal, so padding would change nothing).
+        """
+        slots = template.slot_positions
+        if words.dim() != 3 or words.shape[1:] != (slots.numel(), self.token_embedding.embedding_dim):
+            raise ValueError(
+                f"words must have shape (B, {slots.numel()}, {self.token_embedding.embedding_dim}), "
+                f"got {tuple(words.shape)}"
+            )
+        length = template.eot_position + 1
+        fixed = self.token_embedding(template.input_ids[:length].to(self.token_embedding.weight.device))
+        embeds = fixed.to(words.dtype).unsqueeze(0).expand(words.shape[0], -1, -1).clone()
+        embeds[:, slots.to(embeds.device)] = words  # differentiable w.r.t. words only
+        eot = torch.full((words.shape[0],), template.eot_position, dtype=torch.long, device=embeds.device)
+        return self.encode_embeddings(embeds, eot)
+
+
+class PromptTemplate(NamedTuple):
+    """A tokenised prompt with placeholder slots, e.g. "A photo of a X X X X person."."""
+
+    input_ids: Tensor  # (L,) token ids from <|startoftext|> to the first <|endoftext|> (inclusive)
+    slot_positions: Tensor  # (M,) indices of the placeholder words in input_ids
+    eot_position: int
+
+
+def build_prompt_template(
+    tokenizer: CLIPTokenizer, num_words: int, prefix: str = "A photo of a", suffix: str = "person.",
+    placeholder: str = "X",
+) -> PromptTemplate:
+    """Tokenise ``f"{prefix} {placeholder * num_words} {suffix}"`` and locate the placeholder tokens."""
+    if num_words < 1:
+        raise ValueError(f"num_words must be >= 1, got {num_words}")
+    placeholder_ids = tokenizer(placeholder, add_special_tokens=False)["input_ids"]
+    if len(placeholder_ids) != 1:
+        raise ValueError(f"placeholder {placeholder!r} must be a single CLIP token; use a short word such as 'X'")
+    text = " ".join(part for part in (prefix, " ".join([placeholder] * num_words), suffix) if part)
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    slots = torch.nonzero(ids == placeholder_ids[0], as_tuple=True)[0]
+    if slots.numel() != num_words:
+        raise ValueError(
+            f"the prompt {text!r} holds the placeholder {placeholder!r} {slots.numel()} times instead of "
+            f"{num_words}; remove it from the prompt prefix/suffix or choose another placeholder."
+        )
+    is_eot = ids == tokenizer.eos_token_id
+    if not bool(is_eot.any()):
+        raise ValueError(f"the tokenised prompt {text!r} has no <|endoftext|> token")
+    eot = int(is_eot.int().argmax())
+    return PromptTemplate(input_ids=ids[: eot + 1], slot_positions=slots, eot_position=eot)
 
 
 def causal_attention_mask(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:

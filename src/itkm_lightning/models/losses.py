@@ -95,3 +95,40 @@ def text_contrastive_loss(
     v = F.normalize(v, dim=1)
     logits = masked_logits(v, prototypes, prototype_blocks, sample_blocks, logit_scale)
     return cluster_nce(logits, labels)
+def supervised_contrastive(
+    anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor, candidate_labels: torch.Tensor,
+    scale: float | torch.Tensor,
+) -> torch.Tensor:
+    """Multi-positive contrastive loss of each anchor against every candidate of the batch (CLIP-ReID stage 1).
+
+    ``mean_i [ -1/|P_i| sum_{p in P_i} log softmax_j(scale * a_i . c_j)_p ]`` with ``P_i`` the candidates
+    whose label equals anchor i's. Features are used as given (normalise them first for cosine logits).
+    Image-to-text: anchors = image features, candidates = the text feature of each image's label;
+    text-to-image: the same with the roles swapped. Anchors without any positive are skipped.
+    """
+    if anchors.shape[0] == 0:
+        return anchors.sum() * 0.0
+    logits = scale * anchors @ candidates.T
+    log_prob = F.log_softmax(logits, dim=1)
+    positive = (anchor_labels[:, None] == candidate_labels[None, :]).to(log_prob.dtype)
+    counts = positive.sum(dim=1)
+    has_positive = counts > 0
+    per_anchor = -(positive * log_prob).sum(dim=1)[has_positive] / counts[has_positive]
+    if per_anchor.numel() == 0:
+        return logits.sum() * 0.0
+    return per_anchor.mean()
+
+
+def scenario_separation(features: torch.Tensor, scenarios: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """Multi-scenario separation hinge: mean over pairs (a, b) from different scenarios of max(0, cos - margin).
+
+    ``features`` (C, P) are the text features of distinct clusters; each unordered pair counts once.
+    Zero (still differentiable) when every feature belongs to one scenario.
+    """
+    normed = F.normalize(features, dim=1)
+    cosine = normed @ normed.T
+    different = scenarios[:, None] != scenarios[None, :]
+    pairs = torch.triu(different, diagonal=1)
+    if not bool(pairs.any()):
+        return features.sum() * 0.0
+    return F.relu(cosine[pairs] - margin).mean()

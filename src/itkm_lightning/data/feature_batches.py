@@ -1,0 +1,128 @@
+"""Batches of cached image features for Stage II: P clusters x K instances, every batch mixing scenarios."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+
+class CachedFeatureDataset(Dataset):
+    """Items ``{"v": feature, "label": Stage I cluster}`` over precomputed image features (no images read)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"{features.shape[0]} features but {labels.shape[0]} labels")
+        self.features = features
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"v": self.features[index], "label": self.labels[index]}
+
+
+def scenario_quotas(cluster_counts: list[int], slots: int) -> list[int]:
+    """Clusters per batch from each scenario: one each (when ``slots`` allows), the rest proportional to size.
+
+    Never more than a scenario has, so one batch holds distinct clusters.
+    """
+    quotas = [1 if count else 0 for count in cluster_counts]
+    if sum(quotas) > slots:
+        raise ValueError(f"{slots} clusters per batch cannot hold one cluster of each of {sum(quotas)} scenarios")
+    for _ in range(slots - sum(quotas)):
+        open_ = [s for s, count in enumerate(cluster_counts) if quotas[s] < count]
+        if not open_:
+            break
+        # the scenario whose clusters are least represented per slot gets the next one
+        quotas[max(open_, key=lambda s: cluster_counts[s] / quotas[s])] += 1
+    return quotas
+
+
+class ScenarioMixingClusterSampler(Sampler[int]):
+    """Indices of ``num_batches`` batches of P clusters x K instances; each batch mixes every scenario.
+
+    Clusters of each scenario are drawn from a reshuffled, cycling stream, with per-batch quotas from
+    ``scenario_quotas`` (so a batch holds each cluster at most once and the separation loss always sees
+    pairs from different scenarios). Instances are drawn without replacement when a cluster has at
+    least K members. Rank-aware (each rank draws its own stream: seed, epoch, rank), the rank being read
+    when iterating, after the process group exists. Use it as the DataLoader's ``sampler`` with
+    ``batch_size=batch_size`` so that Lightning's ``set_epoch`` call reaches it.
+
+    Args:
+        labels: cluster id of each dataset item (no outliers).
+        cluster_scenario: scenario index of each cluster id.
+        clusters_per_batch: P (capped at the number of clusters).
+        instances_per_cluster: K.
+        num_batches: batches per epoch and rank; default ``ceil(#clusters / P)`` (each cluster about once).
+        seed: shared seed.
+    """
+
+    def __init__(
+        self, labels: np.ndarray, cluster_scenario: np.ndarray, clusters_per_batch: int, instances_per_cluster: int,
+        num_batches: int | None = None, seed: int = 0,
+    ) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size == 0 or labels.min() < 0:
+            raise ValueError("the sampler needs at least one item and no outlier (-1) labels")
+        if clusters_per_batch < 1 or instances_per_cluster < 1 or (num_batches is not None and num_batches < 1):
+            raise ValueError("clusters_per_batch, instances_per_cluster and num_batches must be >= 1")
+        self.members = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+        scenario = np.asarray(cluster_scenario, dtype=np.int64)
+        clusters = np.asarray(list(self.members), dtype=np.int64)
+        self.scenario_clusters = [clusters[scenario[clusters] == s] for s in np.unique(scenario[clusters])]
+        self.clusters_per_batch = min(clusters_per_batch, len(self.members))
+        self.quotas = scenario_quotas([len(c) for c in self.scenario_clusters],
+                                      max(self.clusters_per_batch, len(self.scenario_clusters)))
+        self.clusters_per_batch = sum(self.quotas)
+        self.instances_per_cluster = instances_per_cluster
+        self.num_batches = num_batches or -(-len(self.members) // self.clusters_per_batch)
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.clusters_per_batch * self.instances_per_cluster
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rng = np.random.default_rng([self.seed, self.epoch, rank])
+        streams = [_CyclingStream(clusters, rng) for clusters in self.scenario_clusters]
+        k = self.instances_per_cluster
+        for _ in range(self.num_batches):
+            batch = []
+            for stream, quota in zip(streams, self.quotas):
+                for cluster in stream.take(quota):
+                    members = self.members[int(cluster)]
+                    batch.append(rng.choice(members, size=k, replace=members.size < k))
+            yield from np.concatenate(batch).tolist()
+
+
+class _CyclingStream:
+    """Items in random order, reshuffled after each pass; ``take(n)`` never repeats an item within one call."""
+
+    def __init__(self, items: np.ndarray, rng: np.random.Generator) -> None:
+        self.items, self.rng = items, rng
+        self.order: list[int] = []
+
+    def take(self, count: int) -> list[int]:
+        taken: list[int] = []
+        while len(taken) < count:
+            if not self.order:
+                self.order = self.rng.permutation(self.items).tolist()
+            candidate = self.order.pop()
+            if candidate in taken:  # pass boundary: defer the repeat to the next batch
+                self.order.insert(0, candidate)
+                continue
+            taken.append(candidate)
+        return taken

@@ -1,0 +1,409 @@
+"""Stage II: text representation learning (method.md section 5).
+
+A second, frozen CLIP describes every Stage I cluster c with a learnable prompt "A photo of a X1..XM
+person."; only the M word embeddings per cluster train, against cached image features of the cluster's
+members (supervised image-to-text + text-to-image contrast, plus the multi-scenario separation hinge).
+The output, the offline text features ``T_off``, goes to Stage III in ``stage2/handoff.pt``.
+
+Checkpoint contents (``<run_dir>/stage2/checkpoints/*.ckpt``): the usual Lightning entries (optimizer,
+scheduler, loop counters, hyper-parameters) and a ``state_dict`` holding only
+``prompts`` (C, M, W: the learned word embeddings), ``cluster_scenario`` (C,) and ``cluster_block`` (C,).
+The frozen CLIP text tower is left out (it is reloaded from ``backbone``; a random one is seeded) and put
+back on load. The cached image features live next to it in ``<run_dir>/stage2/features.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torch.utils.data import DataLoader
+
+from itkm_lightning.data.dataset import ReIDImageDataset
+from itkm_lightning.data.feature_batches import CachedFeatureDataset, ScenarioMixingClusterSampler
+from itkm_lightning.data.schema import SCENARIOS, Sample
+from itkm_lightning.data.transforms import test_transform
+from itkm_lightning.models.clip import (
+    BackboneConfig,
+    CLIPImageEncoder,
+    CLIPTextEncoder,
+    PromptTemplate,
+    build_prompt_template,
+    clip_tokenizer,
+    load_clip_model,
+)
+from itkm_lightning.models.losses import scenario_separation, supervised_contrastive
+
+logger = logging.getLogger(__name__)
+
+FEATURE_CACHE = "features.pt"
+TEXT_TOWER_PREFIX = "text_encoder."
+
+
+class Stage2(L.LightningModule):
+    """Learn one prompt per Stage I cluster with a frozen CLIP; hand over the offline text features.
+
+    Args:
+        backbone: which CLIP to load (the pipeline links it to Stage I's: same source and input size). Only
+            its weights source and ``image_size`` matter here: the frozen image encoder has no scenario
+            embedding and one branch.
+        num_prompt_words: M, learnable word embeddings per cluster.
+        prompt_prefix: words before the learnable ones.
+        prompt_suffix: words after them.
+        prompt_init_std: std of the N(0, std) initialisation of the word embeddings.
+        lr: Adam learning rate of the word embeddings.
+        weight_decay: Adam weight decay.
+        warmup_epochs: linear warm-up (from ``warmup_factor * lr``), then cosine decay to ``min_lr_factor * lr``;
+            both per step. Epochs may be fractional.
+        warmup_factor: learning-rate factor at step 0.
+        min_lr_factor: learning-rate factor at the last step.
+        i2t_weight: weight of the image-to-text contrastive loss.
+        t2i_weight: weight of the text-to-image contrastive loss.
+        separation: use the multi-scenario separation loss (False for the ``no_separation`` ablation).
+        separation_weight: lambda_sep.
+        separation_margin: m in ``max(0, cos - m)``.
+        logit_scale: cosine-logit scale of the contrastive losses; ``None`` uses the frozen CLIP's exp(logit_scale).
+        clusters_per_batch: P, Stage I clusters per batch (spread over the scenarios, each at least once).
+        instances_per_cluster: K, cached image features per cluster in a batch.
+        iters_per_epoch: batches per epoch; ``None`` = enough for each cluster to appear about once.
+        text_batch_size: prompts encoded at once when computing every cluster's text feature.
+        extract_device: device of the one-off image feature extraction (``auto``: this process's GPU if any).
+        frozen_seed: seed of the random CLIP when ``backbone.pretrained`` is false (every process builds the same).
+        seed: seed of the prompt initialisation and of the batch sampler.
+    """
+
+    stage_name = "stage2"
+    evaluates_images = False
+
+    def __init__(
+        self,
+        backbone: BackboneConfig = BackboneConfig(),
+        num_prompt_words: int = 4,
+        prompt_prefix: str = "A photo of a",
+        prompt_suffix: str = "person.",
+        prompt_init_std: float = 0.02,
+        lr: float = 3.5e-4,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 5.0,
+        warmup_factor: float = 0.1,
+        min_lr_factor: float = 0.01,
+        i2t_weight: float = 1.0,
+        t2i_weight: float = 1.0,
+        separation: bool = True,
+        separation_weight: float = 1.0,
+        separation_margin: float = 0.3,
+        logit_scale: float | None = None,
+        clusters_per_batch: int = 16,
+        instances_per_cluster: int = 4,
+        iters_per_epoch: int | None = None,
+        text_batch_size: int = 512,
+        extract_device: str = "auto",
+        frozen_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        checks = {
+            "num_prompt_words": num_prompt_words >= 1, "prompt_init_std": prompt_init_std >= 0, "lr": lr > 0,
+            "weight_decay": weight_decay >= 0, "warmup_epochs": warmup_epochs >= 0,
+            "warmup_factor": 0 < warmup_factor <= 1, "min_lr_factor": 0 <= min_lr_factor <= 1,
+            "i2t_weight": i2t_weight >= 0, "t2i_weight": t2i_weight >= 0, "separation_weight": separation_weight >= 0,
+            "separation_margin": -1 <= separation_margin <= 1, "logit_scale": logit_scale is None or logit_scale > 0,
+            "clusters_per_batch": clusters_per_batch >= 1, "instances_per_cluster": instances_per_cluster >= 1,
+            "iters_per_epoch": iters_per_epoch is None or iters_per_epoch >= 1, "text_batch_size": text_batch_size >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid stage2 setting(s) {bad}; see `itkm fit --help` for each allowed range")
+        if extract_device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"stage2.extract_device must be auto, cpu or cuda; got {extract_device!r}")
+        if isinstance(backbone, dict):  # from a checkpoint's hyper-parameters
+            backbone = BackboneConfig.model_validate(backbone)
+        # Plain types only, so that Lightning's weights_only checkpoint loading (resume) accepts them.
+        self.save_hyperparameters(ignore=["backbone"])
+        self.hparams["backbone"] = backbone.model_dump(mode="json")
+        self.backbone_config = backbone
+        self.text_encoder = CLIPTextEncoder(self._frozen_clip())
+        template = build_prompt_template(
+            clip_tokenizer(backbone.name_or_path), num_prompt_words, prompt_prefix, prompt_suffix
+        )
+        self.register_buffer("prompt_ids", template.input_ids, persistent=False)
+        self.register_buffer("prompt_slots", template.slot_positions, persistent=False)
+        self.prompt_eot = template.eot_position
+        width = self.text_encoder.token_embedding.embedding_dim
+        # Sized by receive_handoff (C clusters); empty until then.
+        self.prompts = nn.Parameter(torch.zeros(0, num_prompt_words, width))
+        self.register_buffer("cluster_scenario", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("cluster_block", torch.zeros(0, dtype=torch.long))
+        self.labels: torch.Tensor | None = None  # Stage I labels over datamodule.train_samples (CPU)
+        self.handoff_paths: list[str] | None = None
+        self._stats_features: torch.Tensor | None = None  # cached v of the kept images (CPU)
+        self._stats_labels: torch.Tensor | None = None
+        self.text_stats: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- frozen CLIP
+    def _frozen_clip(self):
+        cfg = self.backbone_config
+        if cfg.pretrained:
+            return load_clip_model(cfg).eval()
+        # A random CLIP must be the same in every process and after a resume (features.pt, DDP ranks).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.hparams.frozen_seed)
+            return load_clip_model(cfg).eval()
+
+    @property
+    def template(self) -> PromptTemplate:
+        return PromptTemplate(self.prompt_ids, self.prompt_slots, self.prompt_eot)
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.prompts.shape[0])
+
+    def scale(self) -> torch.Tensor | float:
+        fixed = self.hparams.logit_scale
+        return self.text_encoder.logit_scale if fixed is None else fixed
+
+    # ---------------------------------------------------------------- stage protocol
+    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
+        """Size the prompts and cluster tables from Stage I's final labels."""
+        if "stage1" not in handoffs:
+            raise ValueError("stage2 needs the stage1 handoff; run `itkm fit --stage stage1` first")
+        stage1 = handoffs["stage1"]
+        labels = torch.as_tensor(stage1["labels"]).long().cpu()
+        blocks = torch.as_tensor(stage1["blocks"]).long().cpu()
+        block_names = [tuple(b) for b in stage1["block_names"]]
+        if labels.shape != blocks.shape:
+            raise ValueError(f"stage1 handoff: {labels.numel()} labels but {blocks.numel()} block tags")
+        if labels.numel() == 0 or int(labels.max()) < 0:
+            raise ValueError("Stage I produced no cluster (every label is -1): nothing to describe in Stage II; "
+                             "loosen model.clustering (e.g. larger eps, smaller min_samples) and rerun stage1")
+        num_clusters = int(labels.max()) + 1
+        kept = labels >= 0
+        cluster_block = torch.full((num_clusters,), -1, dtype=torch.long)
+        cluster_block[labels[kept]] = blocks[kept]
+        if not bool((cluster_block[labels[kept]] == blocks[kept]).all()):
+            raise ValueError("stage1 handoff: a cluster spans several (scenario, group) blocks; rerun stage1")
+        scenario_of_block = torch.tensor([SCENARIOS.index(name) for name, _ in block_names] + [-1])
+        cluster_scenario = scenario_of_block[cluster_block]  # index -1 (no member) maps to the appended -1
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        words = torch.randn(num_clusters, *self.prompts.shape[1:], generator=generator) * self.hparams.prompt_init_std
+        device = self.prompts.device
+        self.prompts = nn.Parameter(words.to(device))
+        self.cluster_block = cluster_block.to(device)
+        self.cluster_scenario = cluster_scenario.to(device)
+        self.labels = labels
+        self.handoff_paths = list(stage1.get("paths", [])) or None
+
+    def fit_kwargs(self, datamodule, stage_dir: Path) -> dict:
+        """Extract (or reuse) the frozen image features of the kept images; a loader of P x K feature batches."""
+        if self.labels is None:
+            raise RuntimeError("Stage2.receive_handoff must run before fit_kwargs")
+        if not datamodule.train_samples:
+            datamodule.setup("fit")
+        samples = datamodule.train_samples
+        paths = [s.path for s in samples]
+        if self.handoff_paths is not None and paths != self.handoff_paths:
+            raise ValueError("the stage1 handoff was made for other training images than this data configuration; "
+                             "use the data settings of the Stage I run or rerun stage1 in a new run_dir")
+        if len(samples) != self.labels.numel():
+            raise ValueError(f"stage1 handoff has {self.labels.numel()} labels for {len(samples)} training images")
+        kept = torch.nonzero(self.labels >= 0, as_tuple=True)[0]
+        features = self._cached_features([samples[i] for i in kept.tolist()], datamodule, Path(stage_dir))
+        labels = self.labels[kept]
+        self._stats_features, self._stats_labels = features, labels
+        hp = self.hparams
+        sampler = ScenarioMixingClusterSampler(
+            labels.numpy(), self.cluster_scenario.cpu().numpy(), hp.clusters_per_batch, hp.instances_per_cluster,
+            num_batches=hp.iters_per_epoch, seed=hp.seed,
+        )
+        loader = DataLoader(CachedFeatureDataset(features, labels), batch_size=sampler.batch_size, sampler=sampler,
+                            num_workers=0)
+        rank_zero_info(
+            f"[stage2] {kept.numel()} of {len(samples)} training images in {int(labels.unique().numel())} clusters "
+            f"({len(samples) - kept.numel()} Stage I outliers left out); {sampler.num_batches} batches of "
+            f"{sampler.clusters_per_batch} x {sampler.instances_per_cluster} per epoch"
+        )
+        return {"train_dataloaders": loader}
+
+    @torch.no_grad()
+    def make_handoff(self, datamodule) -> dict:
+        if self.labels is None:
+            raise RuntimeError("Stage2.make_handoff called before receive_handoff")
+        return {
+            "stage": self.stage_name,
+            "text_features": self.all_text_features().cpu(),
+            "cluster_scenario": self.cluster_scenario.detach().cpu().clone(),
+            "cluster_block": self.cluster_block.detach().cpu().clone(),
+            "prompts": self.prompts.detach().float().cpu().clone(),
+            "labels": self.labels.clone(),
+            "logit_scale": float(self.text_encoder.logit_scale),
+        }
+
+    # ---------------------------------------------------------------- image features (once)
+    def _cached_features(self, samples: list[Sample], datamodule, stage_dir: Path) -> torch.Tensor:
+        """v (P-d, unnormalised) of each sample: ``cc`` images through their group-0 (original) view.
+
+        A ``cc`` group-1 sample is the clothing-agnostic view of a group-0 image; Stage II describes it by
+        the original image (method.md section 5), so both share one extraction, keyed by path.
+        """
+        needed = list(dict.fromkeys(s.path for s in samples))
+        meta = {"backbone": self.backbone_config.model_dump(mode="json"), "image_size": list(datamodule.image_size)}
+        cache_path = stage_dir / FEATURE_CACHE
+        cache = torch.load(cache_path, map_location="cpu", weights_only=True) if cache_path.is_file() else None
+        if cache is not None and cache.get("meta") == meta and set(needed) <= set(cache["paths"]):
+            rank_zero_info(f"[stage2] reusing cached image features {cache_path}")
+        else:
+            if cache is not None:
+                logger.warning("%s was made for other images or another backbone; extracting again", cache_path)
+            first = {}
+            for s in samples:
+                first.setdefault(s.path, replace(s, group=0) if s.scenario == "cc" else s)
+            v = self._extract([first[p] for p in needed], datamodule)
+            cache = {"meta": meta, "paths": needed, "v": v}
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+            torch.save(cache, tmp)
+            os.replace(tmp, cache_path)  # every DDP process writes the same numbers; the rename is atomic
+        row = {path: i for i, path in enumerate(cache["paths"])}
+        return cache["v"][[row[s.path] for s in samples]].float()
+
+    @torch.no_grad()
+    def _extract(self, samples: list[Sample], datamodule) -> torch.Tensor:
+        # Runs before trainer.fit, so every process extracts everything on its own device (no process group yet).
+        device = self._extract_device()
+        cfg = self.backbone_config.model_copy(update={"scenario_embedding": "none", "dual_branch": False})
+        encoder = CLIPImageEncoder(cfg, self._frozen_clip()).to(device).eval()
+        # group 0 everywhere needed is already set by the caller; no view transform is applied
+        dataset = ReIDImageDataset(samples, test_transform(datamodule.image_size))
+        loader = DataLoader(dataset, batch_size=datamodule.test_batch_size, num_workers=datamodule.num_workers)
+        chunks = []
+        for batch in loader:
+            images = batch["image"].to(device)
+            zeros = torch.zeros(images.shape[0], dtype=torch.long, device=device)
+            chunks.append(encoder(images, zeros, zeros).v.float().cpu())
+        rank_zero_info(f"[stage2] extracted frozen-CLIP features of {len(samples)} images on {device}")
+        return torch.cat(chunks)
+
+    def _extract_device(self) -> torch.device:
+        choice = self.hparams.extract_device
+        if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ValueError("stage2.extract_device is cuda but no GPU is visible; use auto or cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        wraps_sampler = getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False)
+        if stage == "fit" and trainer.world_size > 1 and wraps_sampler:
+            # Lightning would re-shard the flat index stream and break the P x K batches; our sampler is rank-aware.
+            raise ValueError("Stage II batches need `trainer.use_distributed_sampler: false` with several devices")
+
+    # ---------------------------------------------------------------- text features
+    def text_features(self, clusters: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text features of the given cluster ids (differentiable w.r.t. their prompts)."""
+        return F.normalize(self.text_encoder.encode_prompts(self.template, self.prompts[clusters]), dim=1)
+
+    @torch.no_grad()
+    def all_text_features(self) -> torch.Tensor:
+        """(C, P) L2-normalised text feature of every cluster (the frozen tower is always in eval mode)."""
+        ids = torch.arange(self.num_clusters, device=self.prompts.device)
+        return torch.cat([self.text_features(chunk).float() for chunk in ids.split(self.hparams.text_batch_size)])
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        labels = batch["label"]
+        v = F.normalize(batch["v"].float(), dim=1)
+        clusters, inverse = labels.unique(return_inverse=True)
+        text = self.text_features(clusters)
+        text_per_image = text[inverse]  # each image's own cluster text, as CLIP-ReID pairs them
+        scale = self.scale()
+        hp = self.hparams
+        loss_i2t = supervised_contrastive(v, text_per_image, labels, labels, scale)
+        loss_t2i = supervised_contrastive(text_per_image, v, labels, labels, scale)
+        loss = hp.i2t_weight * loss_i2t + hp.t2i_weight * loss_t2i
+        size = labels.numel()
+        if hp.separation:
+            loss_sep = scenario_separation(text, self.cluster_scenario[clusters], hp.separation_margin)
+            loss = loss + hp.separation_weight * loss_sep
+            self.log("train/loss_sep", loss_sep, batch_size=size)
+        self.log("train/loss_i2t", loss_i2t, batch_size=size)
+        self.log("train/loss_t2i", loss_t2i, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.text_stats = self.compute_text_stats()
+        for name, value in self.text_stats.items():
+            self.log(f"text/{name}", value)
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in self.text_stats.items())
+        rank_zero_info(f"[stage2] epoch {self.current_epoch}: {summary}")
+
+    @torch.no_grad()
+    def compute_text_stats(self) -> dict[str, float]:
+        """Mean intra-/inter-scenario cosine of cluster texts; image->text top-1 agreement with Stage I labels."""
+        text = self.all_text_features()
+        present = self.cluster_scenario >= 0
+        scen = self.cluster_scenario
+        cosine = text @ text.T
+        off_diagonal = ~torch.eye(len(text), dtype=torch.bool, device=text.device)
+        valid = present[:, None] & present[None, :] & off_diagonal
+        same = valid & (scen[:, None] == scen[None, :])
+        other = valid & (scen[:, None] != scen[None, :])
+        stats = {
+            "intra_scenario_cos": float(cosine[same].mean()) if bool(same.any()) else float("nan"),
+            "inter_scenario_cos": float(cosine[other].mean()) if bool(other.any()) else float("nan"),
+        }
+        if self._stats_features is not None and self._stats_features.numel():
+            hits = 0
+            for v, y in zip(self._stats_features.split(4096), self._stats_labels.split(4096)):
+                v = F.normalize(v.to(text.device), dim=1)
+                hits += int(((v @ text.T).argmax(dim=1).cpu() == y).sum())
+            stats["image_to_text_top1"] = hits / self._stats_labels.numel()
+        return stats
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        if self.num_clusters == 0:
+            raise RuntimeError("Stage2 has no prompts to train: call receive_handoff before trainer.fit")
+        hp = self.hparams
+        optimizer = torch.optim.Adam([self.prompts], lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warmup = round(hp.warmup_epochs * total / epochs)
+
+        def factor(step: int) -> float:
+            return lr_factor(step, total, warmup, hp.warmup_factor, hp.min_lr_factor)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(TEXT_TOWER_PREFIX)]:
+            del state[key]  # frozen CLIP weights: reloaded from `backbone`, not stored per checkpoint
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.text_encoder.state_dict(prefix=TEXT_TOWER_PREFIX).items():
+            state.setdefault(key, value)
+        if "prompts" in state and state["prompts"].shape != self.prompts.shape:  # loaded without receive_handoff
+            self.prompts = nn.Parameter(torch.zeros_like(state["prompts"], device=self.prompts.device))
+            for name in ("cluster_scenario", "cluster_block"):
+                setattr(self, name, torch.zeros_like(state[name], device=self.prompts.device))
+
+
+def lr_factor(step: int, total: int, warmup: int, warmup_factor: float, min_factor: float) -> float:
+    """Linear warm-up from ``warmup_factor`` to 1 over ``warmup`` steps, then cosine down to ``min_factor``."""
+    if step < warmup:
+        return warmup_factor + (1.0 - warmup_factor) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
