@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     # Lightning's own deprecation noise about torch internals says nothing actionable to our users.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Resuming a stage reopens its folders on purpose: CSVLogger appends to metrics.csv (despite its warning) and
+    # the checkpoint is replaced after the next epoch.
+    warnings.filterwarnings("ignore", message=".*(logs directory|Checkpoint directory) .* exists and is not empty.*")
     # LightningCLI reads sys.argv itself; handing it the same list avoids its "args and argv" warning.
     saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "itkm", *argv]
     try:

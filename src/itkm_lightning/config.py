@@ -50,5 +50,5 @@ class StageEpochs(BaseModel):
     stage3: int | None = Field(None, ge=1, description="Stage III (heterogeneous matching, text-guided)")
 
     def of(self, stage: str, default: int | None) -> int | None:
-        value = getattr(self, stage, None)
+        value = self.model_dump().get(stage)
         return default if value is None else value
