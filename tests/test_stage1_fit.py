@@ -1,4 +1,5 @@
-"""End-to-end: `itkm fit` on the tiny synthetic benchmark writes results, checkpoints and logs, and resumes."""
+"""End-to-end: `itkm fit --stage stage1` on the tiny synthetic benchmark writes results, checkpoints, logs and
+the hand-over, and skips a finished stage; DDP runs the whole pipeline (stand-in Stages II/III)."""
 
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_fit_writes_results_for_every_stage_and_skips_when_done(tmp_path, synthetic_root, capsys):
     run_dir = tmp_path / "run"
     args = ["fit", "--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),
-            "--run_dir", str(run_dir)]
+            "--run_dir", str(run_dir), "--stage", "stage1"]
     main(args)
     results = json.loads((run_dir / "results.json").read_text())
     assert list(results) == ["raw_pixels", "untrained", "stage1"]
@@ -23,8 +24,9 @@ def test_fit_writes_results_for_every_stage_and_skips_when_done(tmp_path, synthe
         for metrics in stage.values():
             assert set(metrics) == {"mAP", "R1", "R5", "R10", "mINP"}
             assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    metrics_csv = (run_dir / "logs" / "metrics.csv").read_text()
+    assert (run_dir / "stage1" / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "stage1" / "handoff.pt").is_file() and not (run_dir / "stage2").exists()
+    metrics_csv = (run_dir / "stage1" / "logs" / "metrics.csv").read_text()
     assert "pseudo/vi-g0/num_clusters" in metrics_csv and "pseudo/cc-g1/ari" in metrics_csv
     assert "val/synthetic_vi/mAP" in metrics_csv
     out = capsys.readouterr().out
@@ -32,28 +34,38 @@ def test_fit_writes_results_for_every_stage_and_skips_when_done(tmp_path, synthe
 
     # Same command again: the stage is done, nothing retrains, results stay.
     before = (run_dir / "results.json").read_text()
-    ckpt_mtime = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    ckpt_mtime = (run_dir / "stage1" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     main(args)
     assert (run_dir / "results.json").read_text() == before
-    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_mtime
+    assert (run_dir / "stage1" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_mtime
 
 
 @pytest.mark.slow
 def test_two_process_ddp_fit_agrees_with_single_process_start(tmp_path, synthetic_root):
-    """gloo DDP on CPU: untrained evaluation equals the single-process one; clustering + training do not deadlock."""
+    """gloo DDP on CPU through all three stages (a fresh Trainer each): untrained evaluation equals the
+    single-process one; clustering, hand-overs and training do not deadlock."""
+    import os
     import subprocess
     import sys
 
+    fakes = tmp_path / "fakes.yaml"
+    fakes.write_text("stage2: {class_path: fake_stages.FakeStage2}\n"
+                     "stage3: {class_path: fake_stages.FakeStage3, init_args: {clustering: {eps: 0.7, min_samples: 2,"
+                     " k1: 6, k2: 3}}}\nepochs: {stage1: 1, stage2: 2, stage3: 1}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests"),
+                                                        os.environ.get("PYTHONPATH", "")])}
     results = {}
     for devices in (1, 2):
         run_dir = tmp_path / f"ddp{devices}"
         cmd = [sys.executable, "-m", "itkm_lightning", "fit", "--config", str(REPO / "conf/smoke.yaml"),
-               "--data.root", str(synthetic_root), "--run_dir", str(run_dir), "--trainer.accelerator", "cpu",
-               "--trainer.devices", str(devices), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+               "--config", str(fakes), "--data.root", str(synthetic_root), "--run_dir", str(run_dir),
+               "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
+               "--trainer.enable_progress_bar", "false"]
         if devices > 1:
             cmd += ["--trainer.strategy", "ddp"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[devices] = json.loads((run_dir / "results.json").read_text())
+        assert all((run_dir / stage / "handoff.pt").is_file() for stage in ("stage1", "stage2", "stage3"))
     assert results[1]["untrained"] == results[2]["untrained"]
-    assert set(results[2]["stage1"]) == {"synthetic_vi", "synthetic_cr", "synthetic_cc"}
+    assert set(results[2]["stage3"]) == {"synthetic_vi", "synthetic_cr", "synthetic_cc"}

@@ -7,14 +7,10 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_info
-
-RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 
 
 def one_line_parse_error(message: str) -> str:
@@ -52,7 +48,7 @@ class ITKMArgumentParser(LightningArgumentParser):
 
 
 class ITKMCLI(LightningCLI):
-    """``itkm fit|validate|test`` on the Stage I module and the multi-scenario datamodule."""
+    """``itkm fit`` (the three stages, pipeline.py) and ``validate|test`` (the Stage I module ``model:``)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         from itkm_lightning.data.datamodule import ReIDDataModule
@@ -74,10 +70,18 @@ class ITKMCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from itkm_lightning.config import StageEpochs
+        from itkm_lightning.pipeline import STAGE_CHOICES, add_stage_arguments
+
         parser.add_argument(
             "--run_dir", type=Optional[str], default=None,
             help="where the run writes checkpoints, logs and results.json (default: runs/<config name>)",
         )
+        parser.add_argument("--stage", type=Literal[STAGE_CHOICES], default="all",
+                            help="fit: train one stage only (its predecessors must have finished); default all")
+        parser.add_argument("--epochs", type=StageEpochs, default=StageEpochs(),
+                            help="training epochs per stage (unset: trainer.max_epochs)")
+        add_stage_arguments(parser)
 
     # ------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
@@ -112,14 +116,19 @@ class ITKMCLI(LightningCLI):
     def run_dir(self) -> Path:
         return Path(self._get(self.config, "run_dir"))
 
-    def instantiate_trainer(self, **kwargs: Any):
+    def instantiate_trainer(self, stage: str | None = None, **kwargs: Any):
+        """A fresh Trainer for one stage, writing into ``<run_dir>/<stage>/`` (pipeline.stage_trainer_kwargs)."""
+        from itkm_lightning.pipeline import stage_trainer_kwargs
+
+        stage = stage or ("stage1" if self.subcommand in (None, "fit") else self.subcommand)
         trainer_cfg = self._get(self.config_init, "trainer", default={})
+        epochs = self._get(self.config_init, "epochs")
+        kwargs.setdefault("max_epochs", epochs.of(stage, trainer_cfg.get("max_epochs")) if epochs else None)
+        ours = stage_trainer_kwargs(self.run_dir / stage)
+        kwargs["default_root_dir"] = ours["default_root_dir"]
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="logs")
-        callbacks = list(trainer_cfg.get("callbacks") or [])
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                             every_n_epochs=1))
+            kwargs["logger"] = ours["logger"]
+        callbacks = list(trainer_cfg.get("callbacks") or []) + ours["callbacks"]
         if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, RichProgressBar) for c in callbacks
         ):
@@ -132,46 +141,21 @@ class ITKMCLI(LightningCLI):
 
     # ------------------------------------------------------------ fit
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-        """Baselines -> Stage I -> final evaluation, resumable: re-running the same command continues."""
-        from itkm_lightning.baselines import raw_pixel_results
-        from itkm_lightning.results import ResultsFile, Timings
+        """Baselines -> Stage I -> Stage II -> Stage III, resumable: re-running the same command continues."""
+        from itkm_lightning.pipeline import Pipeline, selected_stage, stage_specs
 
-        trainer = self.trainer
-        results = ResultsFile(self.run_dir / "results.json")
-        timings = Timings(self.run_dir / "timings.json", write=trainer.is_global_zero)
-        stage = model.stage_name
-        if stage in results:
-            rank_zero_info(f"{stage} already finished in {self.run_dir}; pass another --run_dir to train again")
-            if trainer.is_global_zero:
-                results.print()
-            return
-        if trainer.local_rank == 0:  # other ranks wait at Lightning's own prepare_data barrier
-            with timings.part("data"):
-                datamodule.prepare_data()
-        last = self.run_dir / RESUME_CHECKPOINT
-        if ckpt_path is None and last.is_file():
-            ckpt_path = str(last)
-            rank_zero_info(f"resuming {stage} from {ckpt_path}")
-        if ckpt_path is None and "untrained" not in results:
-            with timings.part("eval_untrained"):
-                trainer.validate(model, datamodule=datamodule, verbose=False)
-            results.record("untrained", model.benchmark_results, write=trainer.is_global_zero)
-        if "raw_pixels" not in results:
-            with timings.part("eval_raw_pixels"):
-                datamodule.setup("validate")
-                results.record("raw_pixels", raw_pixel_results(datamodule.benchmarks), write=trainer.is_global_zero)
-        with timings.part(f"train_{stage}"):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
-        if trainer.interrupted:
-            rank_zero_info(f"{stage} was interrupted; run the same command again to resume from {last}")
-            return
-        with timings.part(f"eval_{stage}"):
-            if model.benchmark_results_step != trainer.global_step or trainer.global_step == 0:
-                trainer.validate(model, datamodule=datamodule, verbose=False)  # the last epoch did not validate
-        if trainer.is_global_zero:
-            results.record(stage, model.benchmark_results)
-            results.print()
-            timings.print()
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        pipeline = Pipeline(
+            self.run_dir, datamodule, stage_specs(model, cfg),
+            make_trainer=lambda stage: self.trainer if stage == "stage1" else self.instantiate_trainer(stage),
+            command=self._rerun_command(cfg),
+            seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,
+        )
+        pipeline.run(only=selected_stage(cfg.get("stage")), ckpt_path=ckpt_path)
+
+    def _rerun_command(self, cfg) -> str:
+        configs = " ".join(f"--config {c}" for c in (cfg.get("config") or []))
+        return f"itkm fit {configs} --run_dir {self.run_dir}".replace("  ", " ")
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -180,9 +164,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError
     from itkm_lightning.data.dataset import UnreadableImageError
     from itkm_lightning.models.clip import BackboneUnavailableError
+    from itkm_lightning.pipeline import StageOrderError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, ValidationError, BackboneUnavailableError,
-            UnreadableImageError, EmptyClusteringError, ImportError)
+            UnreadableImageError, EmptyClusteringError, ImportError, StageOrderError)
 
 
 def _error_line(err: BaseException) -> str:
@@ -231,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     # Lightning's own deprecation noise about torch internals says nothing actionable to our users.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Resuming a stage reopens its folders on purpose: CSVLogger appends to metrics.csv (despite its warning) and
+    # the checkpoint is replaced after the next epoch.
+    warnings.filterwarnings("ignore", message=".*(logs directory|Checkpoint directory) .* exists and is not empty.*")
     # LightningCLI reads sys.argv itself; handing it the same list avoids its "args and argv" warning.
     saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "itkm", *argv]
     try:

@@ -38,3 +38,17 @@ class OptimConfig(BaseModel):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     step_epochs: list[int] = Field(default_factory=lambda: [20, 40], description="decay epochs for schedule=step")
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class StageEpochs(BaseModel):
+    """Training epochs of each stage; unset = ``trainer.max_epochs``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage1: int | None = Field(None, ge=1, description="Stage I (homogeneous cluster contrast)")
+    stage2: int | None = Field(None, ge=1, description="Stage II (text prompts over cached image features)")
+    stage3: int | None = Field(None, ge=1, description="Stage III (heterogeneous matching, text-guided)")
+
+    def of(self, stage: str, default: int | None) -> int | None:
+        value = self.model_dump().get(stage)
+        return default if value is None else value

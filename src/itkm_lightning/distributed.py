@@ -33,3 +33,8 @@ def broadcast_tensor(tensor: torch.Tensor | None, src: int = 0, device: torch.de
     obj = [tensor.cpu() if tensor is not None else None]
     dist.broadcast_object_list(obj, src=src)
     return obj[0].to(device)
+
+
+def is_rank_zero() -> bool:
+    """True on the process that does rank-0-only work (the only one without DDP)."""
+    return not is_distributed() or dist.get_rank() == 0

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from itkm_lightning.fileio import atomic_write_text
 
-STAGE_ORDER = ("raw_pixels", "untrained", "stage1", "stage2", "stage3")
+STAGE_ORDER = ("raw_pixels", "untrained", "stage1", "stage2", "stage2_text", "stage3")
 METRICS = ("mAP", "R1", "R5", "R10", "mINP")
 
 
@@ -37,12 +37,25 @@ class ResultsFile:
         if write:
             self.save()
 
+    def record_raw(self, key: str, payload: dict, *, write: bool = True) -> None:
+        """Anything else a stage reports (e.g. ``stage2_text`` statistics), stored as given; not in the table."""
+        self.data[key] = payload
+        if write:
+            self.save()
+
+    def is_metrics(self, stage: str) -> bool:
+        """A ``{benchmark: {"mAP": .., "R1": ..}}`` entry (what the table shows)."""
+        entry = self.data.get(stage)
+        return isinstance(entry, dict) and all(isinstance(v, dict) and "mAP" in v and "R1" in v
+                                               for v in entry.values())
+
     def save(self) -> None:
         ordered = {s: self.data[s] for s in sorted(self.data, key=lambda s: (STAGE_ORDER + (s,)).index(s))}
         atomic_write_text(self.path, json.dumps(ordered, indent=2) + "\n")
 
     def table(self) -> Table:
         stages = [s for s in STAGE_ORDER if s in self.data] + [s for s in self.data if s not in STAGE_ORDER]
+        stages = [s for s in stages if self.is_metrics(s)]
         benches = sorted({b for s in stages for b in self.data[s]})
         table = Table(title=f"results ({self.path})", show_lines=False)
         table.add_column("benchmark")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -56,6 +58,7 @@ class ReIDStage(L.LightningModule):
     """
 
     stage_name = "stage"
+    evaluates_images = True  # the pipeline validates the final weights and records results[stage_name]
 
     def __init__(
         self,
@@ -111,6 +114,39 @@ class ReIDStage(L.LightningModule):
         out[all_idx] = all_feats
         self.train(was_training)
         return out.cpu()
+
+    @torch.no_grad()
+    def extract_after_fit(self, loader: DataLoader) -> torch.Tensor:
+        """``extract`` once ``trainer.fit`` has returned: Lightning has moved the module to the CPU by then, so
+        it goes back to the trainer's device (and precision) for the extraction and returns to the CPU after."""
+        trainer = self._trainer
+        device = trainer.strategy.root_device if trainer is not None else self.device
+        precision = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
+        home = self.device
+        self.to(device)
+        try:
+            with precision:
+                return self.extract(loader)
+        finally:
+            self.to(home)
+
+    # ---------------------------------------------------------------- pipeline protocol (pipeline.py)
+    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
+        """Take what finished stages handed over (``{"stage1": {...}, ...}``); called before every fit, resumes too."""
+
+    def fit_kwargs(self, datamodule: L.LightningDataModule, stage_dir: Path) -> dict:
+        """Arguments of ``trainer.fit`` besides the module and ``ckpt_path``."""
+        return {"datamodule": datamodule}
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """The image encoder's weights for a hand-over: CPU copies, floating point ones in fp32."""
+        return {k: (v.float() if v.is_floating_point() else v).detach().cpu().clone()
+                for k, v in self.encoder.state_dict().items()}
+
+    def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
+        """What the next stage receives (weights only, never optimizer state); every rank calls it after fit."""
+        return {"stage": self.stage_name, "encoder": self.encoder_state(),
+                "backbone": self.backbone_config.model_dump()}
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 
 from itkm_lightning.config import ClusteringConfig, OptimConfig
-from itkm_lightning.distributed import all_gather_variable
+from itkm_lightning.distributed import all_gather_variable, broadcast_tensor, is_rank_zero
 from itkm_lightning.models.clip import BackboneConfig
 from itkm_lightning.models.losses import cluster_nce
 from itkm_lightning.models.memory import ClusterMemory
@@ -71,3 +72,30 @@ class Stage1(ReIDStage):
         state = checkpoint.get("state_dict", {})
         if "memory.features" in state:
             self.memory.resize_like(state["memory.features"], state["memory.blocks"])
+
+    def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
+        """The trained encoder and the final pseudo-labels: one re-clustering of features of the final weights.
+
+        The last epoch trains on labels from before it, so the labels Stage II learns text for come from one more
+        extraction (every rank) and clustering (rank 0, broadcast), exactly as between epochs.
+        """
+        from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError, cluster_blocks
+
+        features = self.extract_after_fit(datamodule.cluster_dataloader())
+        labels = None
+        if is_rank_zero():
+            labels = torch.from_numpy(cluster_blocks(features.numpy(), datamodule.block_of_index, self.clustering))
+        labels = broadcast_tensor(labels).long().cpu()
+        if not bool((labels >= 0).any()):
+            raise EmptyClusteringError(
+                f"the final re-clustering of Stage I found no cluster (eps={self.clustering.eps}); raise "
+                "model.clustering.eps and run again (training is not repeated)"
+            )
+        handoff = super().make_handoff(datamodule)
+        handoff.update(
+            labels=labels,
+            blocks=torch.as_tensor(datamodule.block_of_index, dtype=torch.long),
+            block_names=[(str(scenario), int(group)) for scenario, group in datamodule.blocks],
+            paths=[str(s.path) for s in datamodule.train_samples],
+        )
+        return handoff

@@ -1,0 +1,72 @@
+"""``<run_dir>/<stage>/handoff.pt``: what a finished stage passes on (weights and data products, no training state).
+
+A stage is finished iff its hand-over file exists, so the file is written whole or not at all. Contents are
+restricted to what ``torch.load(weights_only=True)`` reads back (tensors, dicts, lists, tuples, str, numbers,
+bool, None): a stage that puts anything else in is told so when it saves, not when the next stage loads.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from itkm_lightning.fileio import current_umask
+
+HANDOFF_FILE = "handoff.pt"
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def handoff_path(run_dir: str | Path, stage: str) -> Path:
+    return Path(run_dir) / stage / HANDOFF_FILE
+
+
+def _check_contents(value: object, where: str) -> None:
+    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, _PLAIN):
+                raise TypeError(f"hand-over key {where}[{key!r}] is a {type(key).__name__}; use str or int keys")
+            _check_contents(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_contents(item, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"hand-over entry {where} is a {type(value).__module__}.{type(value).__name__}; hand-overs hold only "
+        "tensors, dicts, lists, tuples, str, int, float, bool and None (convert arrays with torch.as_tensor)"
+    )
+
+
+def save_handoff(path: str | Path, handoff: dict) -> None:
+    """Write atomically: a temporary file in the same folder, renamed over ``path`` once complete."""
+    _check_contents(handoff, "handoff")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(handoff, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_handoff(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        handoff = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"cannot read the hand-over {path} ({err}); delete it to run that stage again") from err
+    if not isinstance(handoff, dict):
+        raise ValueError(f"{path} does not hold a hand-over dict; delete it to run that stage again")
+    return handoff

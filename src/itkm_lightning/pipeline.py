@@ -1,0 +1,249 @@
+"""The run behind ``itkm fit``: baselines -> Stage I -> Stage II -> Stage III, resumable stage by stage.
+
+Every stage is a LightningModule that follows the stage protocol (docs/design.md, "Pipeline"):
+``stage_name``, ``evaluates_images``, ``receive_handoff(handoffs)``, ``fit_kwargs(datamodule, stage_dir)`` and
+``make_handoff(datamodule)``. Each stage trains with a fresh Trainer in ``<run_dir>/<stage>/`` and is finished
+iff its ``handoff.pt`` exists; the hand-over (weights and data products, never optimizer state) is all the
+next stage gets from it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from itkm_lightning.checkpoints import LAST_CHECKPOINT, resume_checkpoint
+from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
+from itkm_lightning.results import ResultsFile, Timings
+
+STAGE_NAMES = ("stage1", "stage2", "stage3")
+DEFAULT_STAGE_CLASSES = {
+    "stage2": "itkm_lightning.stages.stage2.Stage2",
+    "stage3": "itkm_lightning.stages.stage3.Stage3",
+}
+STAGE_CHOICES = ("all", *STAGE_NAMES, "1", "2", "3")
+
+
+class StageOrderError(RuntimeError):
+    """A stage was asked for before the stages it builds on have finished."""
+
+
+class StageUnavailableError(ImportError):
+    """A stage to run has no importable class."""
+
+
+def selected_stage(value: str | None) -> str | None:
+    """``--stage``: ``all``/None -> None (every stage), ``2`` or ``stage2`` -> ``stage2``."""
+    if value in (None, "all"):
+        return None
+    name = f"stage{value}" if str(value).isdigit() else str(value)
+    if name not in STAGE_NAMES:
+        raise ValueError(f"--stage must be one of {', '.join(STAGE_CHOICES)}; got {value!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the run: how to build its module, and why it cannot be built (None when it can)."""
+
+    name: str
+    build: Callable[[], L.LightningModule]
+    unavailable: str | None = None
+
+
+def add_stage_arguments(parser) -> None:
+    """``stage2:`` / ``stage3:`` sections: a LightningModule by ``class_path`` (default: the project's stage), with
+    its init args given directly or under ``init_args``; ``backbone`` is linked from ``model.backbone``.
+
+    The stage classes are imported only when a config names them or their module exists, so an installation
+    without a stage module still parses, prints its config and trains the stages it has.
+    """
+    for name, class_path in DEFAULT_STAGE_CLASSES.items():
+        present = importlib.util.find_spec(class_path.rsplit(".", 1)[0]) is not None
+        parser.add_subclass_arguments(
+            L.LightningModule, name, required=False, instantiate=False,
+            default={"class_path": class_path} if present else None,
+            help=f"the {name} module (default {class_path}); its backbone is model.backbone",
+        )
+        parser.link_arguments("model.backbone", f"{name}.init_args.backbone")
+
+
+def stage_trainer_kwargs(stage_dir: Path) -> dict:
+    """Where a stage's Trainer writes: ``checkpoints/last.ckpt`` after every epoch (what resuming reads) and
+    ``logs/metrics.csv``. The CLI adds the user's trainer section; tests build small Trainers from this."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    return {
+        "default_root_dir": str(stage_dir),
+        "logger": CSVLogger(save_dir=str(stage_dir), name="", version="logs"),
+        # One file, replaced after every training epoch. Not save_last=True with save_top_k=0: Lightning then
+        # writes last.ckpt only after validation (every check_val_every_n_epoch epochs), and a crash loses the
+        # epochs in between.
+        "callbacks": [ModelCheckpoint(dirpath=Path(stage_dir) / "checkpoints", filename=Path(LAST_CHECKPOINT).stem,
+                                      monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True,
+                                      enable_version_counter=False)],
+    }
+
+
+def instantiate_stage(name: str, section) -> L.LightningModule:
+    """Build a stage from its parsed ``class_path``/``init_args`` section, only when the stage runs."""
+    from jsonargparse import ArgumentParser, Namespace
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(L.LightningModule, name, required=False)
+    module = parser.instantiate_classes(Namespace(**{name: section}))[name]
+    if getattr(module, "stage_name", name) != name:
+        raise ValueError(f"{name}.class_path {section.class_path} is a {module.stage_name} module; "
+                         f"set {name}.class_path to a {name} class")
+    return module
+
+
+def stage_specs(stage1: L.LightningModule, cfg) -> list[StageSpec]:
+    """The three stages of a parsed ``fit`` config: ``model`` (built already) then ``stage2``, ``stage3``."""
+    specs = [StageSpec("stage1", lambda: stage1)]
+    for name, class_path in DEFAULT_STAGE_CLASSES.items():
+        section = cfg.get(name)
+        unavailable = None
+        if section is None:
+            unavailable = (f"{name} cannot run: this installation has no {class_path} and the config sets no "
+                           f"{name}.class_path; run the stages before it alone with --stage")
+        specs.append(StageSpec(name, partial(instantiate_stage, name, section), unavailable))
+    return specs
+
+
+class Pipeline:
+    """Runs the stages in order in one process (every DDP rank runs it the same way).
+
+    Args:
+        run_dir: where results.json, timings.json and one folder per stage go.
+        datamodule: shared by every stage (set up once).
+        stages: the stages, in order.
+        make_trainer: a fresh Trainer for a stage (its checkpoints and logs under ``<run_dir>/<stage>``).
+        command: the command that reruns this run without ``--stage`` (quoted in errors).
+        seed: re-seeded before each stage is built, so a stage starts the same in a new process or the same one.
+    """
+
+    def __init__(self, run_dir: str | Path, datamodule: L.LightningDataModule, stages: list[StageSpec],
+                 make_trainer: Callable[[str], L.Trainer], command: str, seed: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.datamodule = datamodule
+        self.stages = list(stages)
+        self.names = [s.name for s in self.stages]
+        self.make_trainer = make_trainer
+        self.command = command
+        self.seed = seed
+        self.results = ResultsFile(self.run_dir / "results.json")
+        self.handoffs: dict[str, dict] = {}  # this process's hand-overs, in memory (every rank has them)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def finished(self, name: str) -> bool:
+        return handoff_path(self.run_dir, name).is_file()
+
+    # ------------------------------------------------------------ plan
+    def plan(self, only: str | None) -> list[StageSpec]:
+        """The stages this command trains, after checking that it can (nothing has run yet)."""
+        if only is not None and only not in self.names:
+            raise ValueError(f"--stage {only}: this run has the stages {', '.join(self.names)}")
+        chosen = self.stages if only is None else [self.stages[self.names.index(only)]]
+        if only is not None:
+            for before in self.names[: self.names.index(only)]:
+                if not self.finished(before):
+                    raise StageOrderError(
+                        f"{only} needs the hand-over of {before} ({handoff_path(self.run_dir, before)}), which does "
+                        f"not exist: run `{self.command} --stage {before}` first (or drop --stage to run every stage)"
+                    )
+        todo = [s for s in chosen if not self.finished(s.name)]
+        for spec in todo:
+            if spec.unavailable:
+                raise StageUnavailableError(spec.unavailable)
+        return todo
+
+    # ------------------------------------------------------------ run
+    def run(self, only: str | None = None, ckpt_path: str | None = None) -> None:
+        if ckpt_path is not None and only is None:
+            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
+        todo = self.plan(only)
+        if not todo:
+            done = only or ", ".join(self.names)
+            rank_zero_info(f"{done} already finished in {self.run_dir}; pass another --run_dir to train again")
+            self.results.print()  # no Trainer has launched other processes yet: this is the only one
+            return
+        trainer = self.make_trainer(todo[0].name)
+        timings = Timings(self.run_dir / "timings.json", write=trainer.is_global_zero)
+        if trainer.local_rank == 0:  # other ranks wait at Lightning's own prepare_data barrier
+            with timings.part("data"):
+                self.datamodule.prepare_data()
+        for i, spec in enumerate(todo):
+            trainer = trainer if i == 0 else self.make_trainer(spec.name)
+            if not self._run_stage(spec, trainer, timings, ckpt_path if only else None):
+                return
+        if trainer.is_global_zero:
+            self.results.print()
+            timings.print()
+
+    def _run_stage(self, spec: StageSpec, trainer: L.Trainer, timings: Timings, ckpt_path: str | None) -> bool:
+        """Train one stage, record its results, write its hand-over; False when it was interrupted."""
+        name, stage_dir = spec.name, self.stage_dir(spec.name)
+        if self.seed is not None:
+            L.seed_everything(self.seed, workers=True, verbose=False)
+        module = spec.build()
+        module.receive_handoff(self._predecessor_handoffs(name))
+        resume = ckpt_path or resume_checkpoint(stage_dir / "checkpoints")
+        if resume is not None:
+            rank_zero_info(f"resuming {name} from {resume}")
+        elif name == self.names[0]:
+            self._baselines(module, trainer, timings)
+        rank_zero_info(f"{name}: training in {stage_dir}")
+        with timings.part(f"train_{name}"):
+            trainer.fit(module, ckpt_path=None if resume is None else str(resume),
+                        **module.fit_kwargs(self.datamodule, stage_dir))
+        if trainer.interrupted:
+            rank_zero_info(f"{name} was interrupted; run the same command again to resume it from its last checkpoint")
+            return False
+        if module.evaluates_images:
+            with timings.part(f"eval_{name}"):
+                if getattr(module, "benchmark_results_step", -1) != trainer.global_step or trainer.global_step == 0:
+                    trainer.validate(module, datamodule=self.datamodule, verbose=False)  # the last epoch did not
+            self.results.record(name, module.benchmark_results, write=trainer.is_global_zero)
+        for key, payload in (getattr(module, "extra_results", lambda: {})() or {}).items():
+            self.results.record_raw(key, payload, write=trainer.is_global_zero)
+        with timings.part(f"handoff_{name}"):
+            handoff = module.make_handoff(self.datamodule)
+            if trainer.is_global_zero:
+                save_handoff(handoff_path(self.run_dir, name), handoff)
+        self.handoffs[name] = handoff
+        rank_zero_info(f"{name} finished: hand-over written to {handoff_path(self.run_dir, name)}")
+        return True
+
+    def _predecessor_handoffs(self, name: str) -> dict[str, dict]:
+        """Hand-overs of the finished stages before ``name``: from this process when it made them, else from disk."""
+        handoffs = {}
+        for before in self.names[: self.names.index(name)]:
+            if before not in self.handoffs and self.finished(before):
+                self.handoffs[before] = load_handoff(handoff_path(self.run_dir, before))
+            if before in self.handoffs:
+                handoffs[before] = self.handoffs[before]
+        return handoffs
+
+    def _baselines(self, module: L.LightningModule, trainer: L.Trainer, timings: Timings) -> None:
+        """``untrained`` (the first stage before training) and ``raw_pixels``, once per run directory."""
+        from itkm_lightning.baselines import raw_pixel_results
+
+        write = trainer.is_global_zero
+        if module.evaluates_images and "untrained" not in self.results:
+            with timings.part("eval_untrained"):
+                trainer.validate(module, datamodule=self.datamodule, verbose=False)
+            self.results.record("untrained", module.benchmark_results, write=write)
+        if "raw_pixels" not in self.results:
+            with timings.part("eval_raw_pixels"):
+                self.datamodule.setup("validate")
+                self.results.record("raw_pixels", raw_pixel_results(self.datamodule.benchmarks), write=write)
