@@ -13,6 +13,7 @@ EXPECTED = {
     "no_dru": ("stage3", {"dru": False}),
     "no_chm": ("stage3", {"chm": False}),
     "no_ihm": ("stage3", {"ihm": False}),
+    "no_separation": ("stage2", {"separation": False}),
     "no_scenario_embedding": ("model", {"backbone": {"scenario_embedding": "none"}}),
     "no_dual_branch": ("model", {"backbone": {"dual_branch": False}}),
 }
@@ -26,12 +27,14 @@ def test_every_overlay_is_known():
 def test_overlay_sets_what_its_name_says(overlay, tiny_backbone):
     section, values = EXPECTED[overlay.stem]
     assert yaml.safe_load(overlay.read_text()) == {section: values}
-    if section == "stage3":
+    if section in ("stage2", "stage3"):
+        from itkm_lightning.stages.stage2 import Stage2
         from itkm_lightning.stages.stage3 import Stage3
 
-        model = Stage3(backbone=tiny_backbone, **values)  # the keys are Stage3 arguments
+        module_class = Stage2 if section == "stage2" else Stage3
+        model = module_class(backbone=tiny_backbone, **values)  # the keys are that stage's arguments
         for key, value in values.items():
-            assert getattr(model, key) == value
+            assert model.hparams[key] == value
 
 
 @pytest.mark.parametrize("name", ["no_scenario_embedding", "no_dual_branch"])

@@ -346,6 +346,10 @@ class Stage2(L.LightningModule):
         summary = ", ".join(f"{k} {v:.3f}" for k, v in self.text_stats.items())
         rank_zero_info(f"[stage2] epoch {self.current_epoch}: {summary}")
 
+    def extra_results(self) -> dict[str, dict[str, float]]:
+        """What results.json keeps of Stage II: the last epoch's text statistics (it scores no images)."""
+        return {"stage2_text": dict(self.text_stats)} if self.text_stats else {}
+
     @torch.no_grad()
     def compute_text_stats(self) -> dict[str, float]:
         """Mean intra-/inter-scenario cosine of cluster texts; image->text top-1 agreement with Stage I labels."""
