@@ -11,10 +11,10 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-RESUME_CHECKPOINT = "checkpoints/last.ckpt"
+CHECKPOINT_DIR = "checkpoints"
+RESUME_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 
 
 def one_line_parse_error(message: str) -> str:
@@ -113,13 +113,22 @@ class ITKMCLI(LightningCLI):
         return Path(self._get(self.config, "run_dir"))
 
     def instantiate_trainer(self, **kwargs: Any):
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from itkm_lightning.checkpoints import AtomicCheckpointIO, fault_tolerance_callbacks, rolling_checkpoints
+        from itkm_lightning.loggers import ResumableCSVLogger
+
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="logs")
+            kwargs["logger"] = ResumableCSVLogger(save_dir=str(self.run_dir), name="", version="logs")
         callbacks = list(trainer_cfg.get("callbacks") or [])
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                             every_n_epochs=1))
+            callbacks.append(rolling_checkpoints(self.run_dir / CHECKPOINT_DIR))
+        seed = self._get(self.config, "seed_everything")
+        callbacks.extend(fault_tolerance_callbacks(seed if isinstance(seed, int) and not isinstance(seed, bool) else 0))
+        plugins = list(trainer_cfg.get("plugins") or [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, RichProgressBar) for c in callbacks
         ):
@@ -134,6 +143,7 @@ class ITKMCLI(LightningCLI):
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs: Any) -> None:
         """Baselines -> Stage I -> final evaluation, resumable: re-running the same command continues."""
         from itkm_lightning.baselines import raw_pixel_results
+        from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
         from itkm_lightning.results import ResultsFile, Timings
 
         trainer = self.trainer
@@ -149,9 +159,11 @@ class ITKMCLI(LightningCLI):
             with timings.part("data"):
                 datamodule.prepare_data()
         last = self.run_dir / RESUME_CHECKPOINT
-        if ckpt_path is None and last.is_file():
-            ckpt_path = str(last)
+        if ckpt_path is None and (found := resume_checkpoint(self.run_dir / CHECKPOINT_DIR)) is not None:
+            ckpt_path = str(found)
             rank_zero_info(f"resuming {stage} from {ckpt_path}")
+        if ckpt_path is not None:
+            check_resumable(ckpt_path, model)  # another stage or backbone: one clear line, not a shape traceback
         if ckpt_path is None and "untrained" not in results:
             with timings.part("eval_untrained"):
                 trainer.validate(model, datamodule=datamodule, verbose=False)
@@ -177,12 +189,13 @@ class ITKMCLI(LightningCLI):
 def _known_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
+    from itkm_lightning.callbacks.guards import NonFiniteLossError
     from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError
     from itkm_lightning.data.dataset import UnreadableImageError
     from itkm_lightning.models.clip import BackboneUnavailableError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, ValidationError, BackboneUnavailableError,
-            UnreadableImageError, EmptyClusteringError, ImportError)
+            UnreadableImageError, EmptyClusteringError, NonFiniteLossError, ImportError)
 
 
 def _error_line(err: BaseException) -> str:
