@@ -37,6 +37,7 @@ def test_dotted_override_reaches_the_printed_config(capsys):
         (["--model.clustering.method", "kmeans"], "method"),
         (["--model.clusterin.eps", "0.5"], "clusterin"),
         (["--data.num_instances", "0"], "num_instances"),
+        (["--data.on_unreadable", "ignore"], "on_unreadable"),
     ],
 )
 def test_bad_values_give_one_clear_line(args, expected, capsys):
@@ -48,6 +49,19 @@ def test_bad_values_give_one_clear_line(args, expected, capsys):
     first = err.strip().splitlines()[0]
     assert first.startswith("itkm: error:") and expected in first
     assert not Path("/nonexistent/never-written").exists()
+
+
+def test_misspelled_key_in_a_config_file_is_named(tmp_path, capsys):
+    overlay = tmp_path / "typo.yaml"
+    overlay.write_text("model:\n  clustering:\n    epss: 0.5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "conf/smoke.yaml"), "--config", str(overlay),
+              "--run_dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    first = err.strip().splitlines()[0]
+    assert "Traceback" not in err and first.startswith("itkm: error:") and "epss" in first
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file_is_a_clear_error(capsys):

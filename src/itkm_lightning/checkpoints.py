@@ -1,13 +1,214 @@
-"""Which Lightning checkpoint a stage resumes from."""
+"""Checkpoints that survive a killed job and a damaged disk, and that refuse to load into the wrong model.
+
+* :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in the same folder, fsyncs it and
+  renames it into place, so a checkpoint name never holds half a file.
+* :func:`rolling_checkpoints` keeps the two newest end-of-epoch checkpoints (plus ``last.ckpt``, a link to
+  the newest), so a checkpoint damaged after it was written still leaves a good one to resume from.
+* :func:`resume_checkpoint` picks the newest checkpoint of a folder that loads, warning about each one
+  that does not.
+* :class:`CheckpointStamp` records which stage and backbone wrote a checkpoint; :func:`check_compatible`
+  turns a checkpoint of another stage or backbone into one clear error instead of a shape traceback.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
-LAST_CHECKPOINT = "last.ckpt"
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+
+from itkm_lightning.fileio import current_umask
+
+REQUIRED_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
+"""What a Lightning training checkpoint must hold to be resumed from."""
+
+NONFINITE_PREFIX = "nonfinite-"
+"""Diagnostic checkpoints written when the loss turned NaN/inf; never resumed from."""
+
+STOPPED_CHECKPOINT = "stopped.ckpt"
+"""Written when a stage stops on purpose (no pseudo-label cluster); resumable after the fix."""
 
 
-def resume_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint to resume a stage from (``<stage>/checkpoints``), or None to start the stage afresh."""
-    last = Path(directory) / LAST_CHECKPOINT
-    return last if last.is_file() else None
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be read back."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by another stage or for another backbone than the model it is loaded into."""
+
+
+# ------------------------------------------------------------------------------------------- writing
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file next to the target, fsync, then ``os.replace``.
+
+    Lightning's own ``_atomic_save`` goes through an fsspec transaction, whose local implementation
+    writes into the system temp folder and *moves* the file (a copy across file systems, not atomic)
+    without fsync; a job killed mid-copy leaves a truncated checkpoint under the final name.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~current_umask())
+            if path.is_symlink():
+                path.unlink()  # replacing a `last.ckpt` link must not write through it into an epoch file
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def rolling_checkpoints(dirpath: str | Path) -> ModelCheckpoint:
+    """End-of-epoch checkpoints ``epoch=NNN.ckpt``; the two newest are kept, ``last.ckpt`` links the newest.
+
+    Saved at the end of the training epoch, after the pseudo-labels for the next epoch were made (the
+    re-clustering callback runs before checkpoint callbacks), so a resumed run trains on exactly the labels
+    an uninterrupted one would.
+    """
+    return ModelCheckpoint(
+        dirpath=str(dirpath), filename="epoch={epoch:03d}", auto_insert_metric_name=False,
+        monitor="step", mode="max", save_top_k=2, save_last="link",
+        every_n_epochs=1, save_on_train_epoch_end=True,
+        enable_version_counter=False,  # a resumed run overwrites (atomically) instead of adding `-v1` copies
+    )
+
+
+def fault_tolerance_callbacks(seed: int) -> list[L.Callback]:
+    """What every training run installs besides its checkpoint callback (see docs/reliability.md)."""
+    from itkm_lightning.callbacks.guards import NonFiniteLossGuard
+    from itkm_lightning.loggers import LogsFollowCheckpoints
+    from itkm_lightning.seeding import EpochSeed
+
+    return [CheckpointStamp(), LogsFollowCheckpoints(), NonFiniteLossGuard(), EpochSeed(seed)]
+
+
+class CheckpointStamp(L.Callback):
+    """Adds ``checkpoint["itkm"] = {"stage": ..., "backbone": ...}`` so a resume can check what it loads."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["itkm"] = checkpoint_identity(pl_module)
+
+
+def checkpoint_dir(trainer: L.Trainer) -> Path:
+    """Where the run keeps its checkpoints (the checkpoint callback's folder, else ``<root>/checkpoints``)."""
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    return Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
+
+
+def checkpoint_identity(module: L.LightningModule) -> dict[str, Any]:
+    backbone = getattr(module, "backbone_config", None)
+    return {"stage": getattr(module, "stage_name", type(module).__name__),
+            "backbone": backbone.model_dump(mode="json") if backbone is not None else None}
+
+
+# ------------------------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint on CPU (tensors memory-mapped: cheap even for large files) or raise.
+
+    A truncated file fails in ``torch.load`` (its zip directory sits at the end); a file that unpickles but
+    lacks Lightning's training state fails the key check.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for damaged files
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict):
+        raise CorruptCheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CorruptCheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a Lightning training checkpoint")
+    return checkpoint
+
+
+def checkpoint_candidates(directory: str | Path) -> list[Path]:
+    """Resumable ``*.ckpt`` files of ``directory``, newest first (links resolved, each file once)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    files: dict[Path, Path] = {}
+    for path in directory.glob("*.ckpt"):
+        if path.name.startswith(NONFINITE_PREFIX) or not path.exists():
+            continue  # diagnostics of a failed step; dangling links
+        files.setdefault(path.resolve(), path)
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def resume_checkpoint(directory: str | Path) -> Path | None:
+    """The newest checkpoint in ``directory`` that loads; ``None`` when there is none.
+
+    Each newer file that does not load (truncated, corrupt, not a training checkpoint) is reported with a
+    warning naming it, and the previous one is tried.
+    """
+    for path in checkpoint_candidates(directory):
+        try:
+            read_checkpoint(path)
+        except CorruptCheckpointError as err:
+            rank_zero_warn(f"{err}; skipping it and trying the previous checkpoint (delete the file to silence this)")
+            continue
+        return path
+    return None
+
+
+def check_resumable(path: str | Path, module: L.LightningModule) -> None:
+    """``path`` loads and fits ``module`` (same stage, backbone, weight shapes), or one clear error."""
+    check_compatible(read_checkpoint(path), module, path)
+
+
+def check_compatible(checkpoint: dict[str, Any], module: L.LightningModule, source: str | Path) -> None:
+    """Raise :class:`CheckpointMismatchError` when ``checkpoint`` was written by another stage or backbone.
+
+    Compares the stamp (stage name, backbone config) when present, then the state-dict keys and shapes.
+    Buffers that are empty in a fresh model (the cluster memory, sized by the pseudo-labels) take the
+    checkpoint's shape and are not compared.
+    """
+    fix = "use another --run_dir for a new configuration, or the stage and backbone settings that wrote it"
+    stamp = checkpoint.get("itkm") or {}
+    mine = checkpoint_identity(module)
+    if stamp.get("stage") not in (None, mine["stage"]):
+        raise CheckpointMismatchError(
+            f"checkpoint {source} was written by {stamp['stage']}, not {mine['stage']}; {fix}")
+    if stamp.get("backbone") is not None and mine["backbone"] is not None and stamp["backbone"] != mine["backbone"]:
+        changed = sorted(k for k in set(stamp["backbone"]) | set(mine["backbone"])
+                         if stamp["backbone"].get(k) != mine["backbone"].get(k))
+        details = ", ".join(f"{k}: {stamp['backbone'].get(k)!r} there, {mine['backbone'].get(k)!r} here"
+                            for k in changed[:4])
+        raise CheckpointMismatchError(f"checkpoint {source} is for another backbone ({details}); {fix}")
+    check_state_dict_compatible(checkpoint.get("state_dict", {}), module, source, fix=fix)
+
+
+def check_state_dict_compatible(state_dict: dict[str, torch.Tensor], module: torch.nn.Module, source: str | Path,
+                                *, fix: str = "load weights of the same stage and backbone") -> None:
+    """Same keys and shapes as ``module.state_dict()`` (empty runtime-sized buffers excepted), or one clear error."""
+    expected = module.state_dict()
+    # Weights a module deliberately leaves out of its checkpoints (Stage II's frozen CLIP) are not missing.
+    omitted = tuple(getattr(module, "checkpoint_omits", ()))
+    missing = sorted(k for k in set(expected) - set(state_dict) if not (omitted and k.startswith(omitted)))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in expected.items()
+             if k in state_dict and torch.is_tensor(v) and v.numel() > 0 and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if wrong:
+        parts.append("shapes differ: " + ", ".join(f"{k} {a} there vs {b} here" for k, a, b in wrong[:3])
+                     + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""))
+    if missing:
+        parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unknown weights (e.g. {unexpected[0]})")
+    raise CheckpointMismatchError(f"checkpoint {source} does not fit this model: {'; '.join(parts)}; {fix}")

@@ -118,17 +118,23 @@ class ITKMCLI(LightningCLI):
 
     def instantiate_trainer(self, stage: str | None = None, **kwargs: Any):
         """A fresh Trainer for one stage, writing into ``<run_dir>/<stage>/`` (pipeline.stage_trainer_kwargs)."""
+        from lightning.pytorch.plugins.io import CheckpointIO
+
         from itkm_lightning.pipeline import stage_trainer_kwargs
 
         stage = stage or ("stage1" if self.subcommand in (None, "fit") else self.subcommand)
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         epochs = self._get(self.config_init, "epochs")
         kwargs.setdefault("max_epochs", epochs.of(stage, trainer_cfg.get("max_epochs")) if epochs else None)
-        ours = stage_trainer_kwargs(self.run_dir / stage)
+        seed = self._get(self.config, "seed_everything")
+        ours = stage_trainer_kwargs(self.run_dir / stage, seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         kwargs["default_root_dir"] = ours["default_root_dir"]
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = ours["logger"]
         callbacks = list(trainer_cfg.get("callbacks") or []) + ours["callbacks"]
+        plugins = list(trainer_cfg.get("plugins") or [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, *ours["plugins"]]
         if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, RichProgressBar) for c in callbacks
         ):
@@ -161,13 +167,14 @@ class ITKMCLI(LightningCLI):
 def _known_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
+    from itkm_lightning.callbacks.guards import NonFiniteLossError
     from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError
     from itkm_lightning.data.dataset import UnreadableImageError
     from itkm_lightning.models.clip import BackboneUnavailableError
     from itkm_lightning.pipeline import StageOrderError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, ValidationError, BackboneUnavailableError,
-            UnreadableImageError, EmptyClusteringError, ImportError, StageOrderError)
+            UnreadableImageError, EmptyClusteringError, NonFiniteLossError, ImportError, StageOrderError)
 
 
 def _error_line(err: BaseException) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from itkm_lightning.checkpoints import LAST_CHECKPOINT, resume_checkpoint
+from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
 from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
 from itkm_lightning.results import ResultsFile, Timings
 
@@ -74,21 +74,18 @@ def add_stage_arguments(parser) -> None:
         parser.link_arguments("model.backbone", f"{name}.init_args.backbone")
 
 
-def stage_trainer_kwargs(stage_dir: Path) -> dict:
-    """Where a stage's Trainer writes: ``checkpoints/last.ckpt`` after every epoch (what resuming reads) and
-    ``logs/metrics.csv``. The CLI adds the user's trainer section; tests build small Trainers from this."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+def stage_trainer_kwargs(stage_dir: Path, seed: int = 0) -> dict:
+    """Where and how a stage's Trainer writes: rolling end-of-epoch checkpoints in ``checkpoints/`` (written
+    atomically; what resuming reads), ``logs/metrics.csv`` (kept across resumes), and the fault guards
+    (docs/reliability.md). The CLI adds the user's trainer section; tests build small Trainers from this."""
+    from itkm_lightning.checkpoints import AtomicCheckpointIO, fault_tolerance_callbacks, rolling_checkpoints
+    from itkm_lightning.loggers import ResumableCSVLogger
 
     return {
         "default_root_dir": str(stage_dir),
-        "logger": CSVLogger(save_dir=str(stage_dir), name="", version="logs"),
-        # One file, replaced after every training epoch. Not save_last=True with save_top_k=0: Lightning then
-        # writes last.ckpt only after validation (every check_val_every_n_epoch epochs), and a crash loses the
-        # epochs in between.
-        "callbacks": [ModelCheckpoint(dirpath=Path(stage_dir) / "checkpoints", filename=Path(LAST_CHECKPOINT).stem,
-                                      monitor=None, save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True,
-                                      enable_version_counter=False)],
+        "logger": ResumableCSVLogger(save_dir=str(stage_dir), name="", version="logs"),
+        "callbacks": [rolling_checkpoints(Path(stage_dir) / "checkpoints"), *fault_tolerance_callbacks(seed)],
+        "plugins": [AtomicCheckpointIO()],
     }
 
 
@@ -199,6 +196,7 @@ class Pipeline:
         module.receive_handoff(self._predecessor_handoffs(name))
         resume = ckpt_path or resume_checkpoint(stage_dir / "checkpoints")
         if resume is not None:
+            check_resumable(resume, module)  # another stage or backbone: one clear line, not a shape traceback
             rank_zero_info(f"resuming {name} from {resume}")
         elif name == self.names[0]:
             self._baselines(module, trainer, timings)

@@ -16,7 +16,27 @@ from itkm_lightning.distributed import broadcast_tensor
 
 
 class EmptyClusteringError(RuntimeError):
-    """No block produced a single cluster: there is nothing to train on."""
+    """No block produced two clusters or more: there is nothing to train on."""
+
+
+def drop_degenerate_blocks(labels: np.ndarray, block_of_index: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+    """Labels with every block of fewer than two clusters set to -1 (outliers), and those blocks' cluster counts.
+
+    ClusterNCE contrasts a sample's cluster against the other clusters of its block: with one cluster the
+    softmax is 1 and the loss and gradient are 0, so such a block would only take batch slots.
+    """
+    labels = labels.copy()
+    dropped: dict[int, int] = {}
+    for block in np.unique(block_of_index):
+        idx = np.flatnonzero(block_of_index == block)
+        count = len(np.unique(labels[idx][labels[idx] >= 0]))
+        if count < 2:
+            labels[idx] = -1
+            dropped[int(block)] = count
+    if dropped and (labels >= 0).any():  # keep ids dense (0..C-1) for the memory and the sampler
+        found = labels >= 0
+        labels[found] = np.unique(labels[found], return_inverse=True)[1]
+    return labels, dropped
 
 
 def block_quality(labels: np.ndarray, identities: list[str]) -> dict[str, float]:
@@ -64,10 +84,14 @@ class PseudoLabelCallback(L.Callback):
         self.cfg = clustering
         self.labels: np.ndarray | None = None
         self.history: list[dict] = []
+        self._stored_cfg: dict | None = None  # the clustering settings that made the checkpoint's labels
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
+        if self.labels is not None and self._stored_cfg not in (None, self.cfg.model_dump(mode="json")):
+            rank_zero_info("pseudo-labels: the clustering settings changed since the checkpoint; re-clustering")
+            self.labels = None
         if self.labels is not None and len(self.labels) == len(dm.train_samples):
             rank_zero_info("pseudo-labels: resuming with the labels stored in the checkpoint")
             self._apply(trainer, pl_module, self.labels, recompute_memory=pl_module.memory.num_clusters == 0)
@@ -80,12 +104,14 @@ class PseudoLabelCallback(L.Callback):
         self.recluster(trainer, pl_module)
 
     def state_dict(self) -> dict:
-        return {"labels": None if self.labels is None else self.labels.tolist(), "history": self.history}
+        return {"labels": None if self.labels is None else self.labels.tolist(), "history": self.history,
+                "clustering": self.cfg.model_dump(mode="json")}
 
     def load_state_dict(self, state_dict: dict) -> None:
         labels = state_dict.get("labels")
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.history = list(state_dict.get("history", []))
+        self._stored_cfg = state_dict.get("clustering")
 
     # ------------------------------------------------------------------ work
     def recluster(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -105,16 +131,17 @@ class PseudoLabelCallback(L.Callback):
             + "; ".join(f"{k}: {v['num_clusters']} clusters, {v['num_outliers']} outliers, ARI {v['ari']:.2f}"
                         for k, v in stats.items())
         )
-        if (labels >= 0).sum() == 0:
-            raise EmptyClusteringError(
-                f"clustering found no cluster in any block (eps={self.cfg.eps}, min_samples={self.cfg.min_samples}); "
-                f"the features are too spread for this eps: raise model.clustering.eps (e.g. to "
-                f"{min(0.95, self.cfg.eps + 0.1):.2f}) or lower min_samples"
-            )
-        for name, s in stats.items():
-            if s["num_clusters"] == 0:
-                rank_zero_warn(f"pseudo-labels: block {name} has no cluster this epoch ({s['num_outliers']} outliers); "
-                               "it sits out the epoch")
+        names = list(stats)
+        labels, dropped = drop_degenerate_blocks(labels, dm.block_of_index)
+        if len(dropped) == len(names):
+            self._stop(trainer, stats)
+        for block, count in dropped.items():
+            s = stats[names[block]]
+            why = ("has no cluster" if count == 0 else
+                   f"has a single cluster ({int((dm.block_of_index == block).sum()) - s['num_outliers']} images; "
+                   "ClusterNCE needs two to contrast)")
+            rank_zero_warn(f"pseudo-labels ({when}): block {names[block]} {why}, {s['num_outliers']} outliers; "
+                           f"it sits out this epoch, the other {len(names) - len(dropped)} blocks train")
         self._apply(trainer, pl_module, labels, recompute_memory=True, features=features)
         self.after_relabel(trainer, pl_module, labels, features)
 
@@ -125,6 +152,29 @@ class PseudoLabelCallback(L.Callback):
         Called on every rank with the same ``labels`` and gathered ``features`` (dataset order, CPU).
         Not called when a resumed run restores the checkpoint's labels.
         """
+
+    def _stop(self, trainer: L.Trainer, stats: dict[str, dict]) -> None:
+        """No block can train: save the state, then stop with the numbers and an eps to try."""
+        from itkm_lightning.checkpoints import STOPPED_CHECKPOINT, checkpoint_dir
+
+        path = checkpoint_dir(trainer) / STOPPED_CHECKPOINT
+        trainer.save_checkpoint(path)  # every rank calls it (a collective); rank 0 writes
+        eps = self.cfg.eps
+        counts = ", ".join(f"{k}: {v['num_clusters']} clusters / {v['num_outliers']} outliers" for k, v in stats.items())
+        if all(v["num_clusters"] == 0 for v in stats.values()):
+            advice = (f"every image is an outlier: the features are too spread for eps={eps}; raise "
+                      f"model.clustering.eps (e.g. --model.clustering.eps {min(0.95, eps + 0.1):.2f}) or lower "
+                      f"min_samples (now {self.cfg.min_samples})")
+        elif all(v["num_clusters"] <= 1 for v in stats.values()) and any(v["num_clusters"] == 1 for v in stats.values()):
+            advice = (f"blocks merge into at most one cluster: eps={eps} is too wide; lower model.clustering.eps "
+                      f"(e.g. --model.clustering.eps {max(0.05, eps - 0.1):.2f})")
+        else:
+            advice = (f"adjust model.clustering.eps (now {eps}): raise it for blocks without clusters, lower it "
+                      "for blocks merged into one")
+        raise EmptyClusteringError(
+            f"no (scenario, group) block has two pseudo-label clusters, so there is nothing to train on ({counts}); "
+            f"{advice}. State saved to {path}: re-running with the new setting resumes from it and re-clusters"
+        )
 
     def _apply(self, trainer, pl_module, labels: np.ndarray, *, recompute_memory: bool,
                features: torch.Tensor | None = None) -> None:

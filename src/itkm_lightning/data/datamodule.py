@@ -9,15 +9,18 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from itkm_lightning.data.clothes import ClothesMasker
-from itkm_lightning.data.dataset import ReIDImageDataset
+from itkm_lightning.data.dataset import ReIDImageDataset, unreadable_images
 from itkm_lightning.data.sampler import PseudoIdentityBatchSampler, ShardedSequentialSampler
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource
 from itkm_lightning.data.transforms import test_transform, train_transform
+from itkm_lightning.seeding import epoch_seed
 
 
 class ReIDDataModule(L.LightningDataModule):
@@ -44,6 +47,9 @@ class ReIDDataModule(L.LightningDataModule):
         clothes_mask_format: ``binary`` masks (white = clothes, as the synthetic benchmark writes) or
             ``parsing`` label maps (LIP/SCHP class indices under a dataset's ``masks/`` folder).
         seed: seed of the P x K sampler's stream (shared by all ranks).
+        on_unreadable: what an image that cannot be decoded does: ``fail`` stops with its path (at first
+            read); ``skip`` decodes every image once at set-up, leaves the unreadable ones out of training
+            and evaluation and reports how many (a pass over the data; evaluation then scores fewer images).
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class ReIDDataModule(L.LightningDataModule):
         clothes_masker: Literal["auto", "mask", "fallback"] = "auto",
         clothes_mask_format: Literal["binary", "parsing"] = "binary",
         seed: int = 0,
+        on_unreadable: Literal["fail", "skip"] = "fail",
     ) -> None:
         super().__init__()
         if not sources:
@@ -87,6 +94,7 @@ class ReIDDataModule(L.LightningDataModule):
         self.visible_grayscale = visible_grayscale
         self.masker = ClothesMasker(mode=clothes_masker, mask_format=clothes_mask_format)
         self.seed = seed
+        self.on_unreadable = on_unreadable
         self.benchmarks: list[BenchmarkSplit] = []
         self.train_samples: list[Sample] = []
         self.pseudo_labels: np.ndarray | None = None
@@ -105,10 +113,23 @@ class ReIDDataModule(L.LightningDataModule):
         names = [b.name for b in benchmarks]
         if len(set(names)) != len(names):
             raise ValueError(f"two sources produce benchmarks with the same name: {names}")
+        if self.on_unreadable == "skip":
+            benchmarks = self._without_unreadable(benchmarks)
         self.benchmarks = benchmarks
         self.train_samples = self._merge_training_samples(benchmarks)
         if not self.train_samples:
             raise ValueError("the configured sources have no training images")
+
+    def _without_unreadable(self, benchmarks: list[BenchmarkSplit]) -> list[BenchmarkSplit]:
+        """``on_unreadable=skip``: drop images that do not decode, reporting the count once."""
+        paths = sorted({s.path for b in benchmarks for s in (*b.train, *b.query, *b.gallery)})
+        bad = set(unreadable_images(paths, workers=max(1, self.num_workers)))
+        if not bad:
+            return benchmarks
+        examples = ", ".join(sorted(bad)[:3])
+        rank_zero_warn(f"data.on_unreadable=skip: left out {len(bad)} of {len(paths)} images that cannot be read "
+                       f"(e.g. {examples}); set data.on_unreadable=fail to stop at the first one instead")
+        return [_drop_samples(b, bad) for b in benchmarks]
 
     @staticmethod
     def _merge_training_samples(benchmarks: list[BenchmarkSplit]) -> list[Sample]:
@@ -175,7 +196,9 @@ class ReIDDataModule(L.LightningDataModule):
             extra[("vi", 0)] = train_transform(self.image_size, grayscale=self.visible_grayscale, **self.augment)
         dataset = ReIDImageDataset(self.train_samples, base, pseudo_labels=self.pseudo_labels,
                                    view_transform=self._clothing_agnostic_view, extra_transforms=extra)
-        return self._loader(dataset, batch_sampler=sampler)
+        # Worker seeds from (seed, epoch, rank), not from the global generator: a resumed run augments alike.
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, rank))
+        return self._loader(dataset, batch_sampler=sampler, generator=generator)
 
     def extraction_dataloader(self, samples: list[Sample]) -> DataLoader:
         """Test-transform loader over ``samples`` for this rank's shard (indices let the gather reorder)."""
@@ -193,3 +216,19 @@ class ReIDDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
+
+
+def _drop_samples(bench: BenchmarkSplit, bad: set[str]) -> BenchmarkSplit:
+    """``bench`` without the samples whose path is in ``bad``; trial indices renumbered to match."""
+    def keep(samples: list[Sample]) -> tuple[list[Sample], dict[int, int]]:
+        kept = [i for i, s in enumerate(samples) if s.path not in bad]
+        return [samples[i] for i in kept], {old: new for new, old in enumerate(kept)}
+
+    query, q_map = keep(bench.query)
+    gallery, g_map = keep(bench.gallery)
+    trials = None
+    if bench.trials is not None:
+        trials = [(None if q is None else [q_map[i] for i in q if i in q_map],
+                   None if g is None else [g_map[i] for i in g if i in g_map]) for q, g in bench.trials]
+    return replace(bench, train=[s for s in bench.train if s.path not in bad], query=query, gallery=gallery,
+                   trials=trials)

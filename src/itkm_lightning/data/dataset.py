@@ -38,6 +38,25 @@ def load_rgb(path: str) -> Image.Image:
         ) from err
 
 
+def unreadable_images(paths: Sequence[str], workers: int = 1) -> list[str]:
+    """The paths among ``paths`` that ``load_rgb`` cannot decode (missing files included), in input order.
+
+    Decodes every image once; threads overlap the work because PIL releases the GIL while decoding.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def bad(path: str) -> bool:
+        try:
+            load_rgb(path)
+        except (UnreadableImageError, FileNotFoundError):
+            return True
+        return False
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        flags = list(pool.map(bad, paths, chunksize=64))
+    return [p for p, is_bad in zip(paths, flags) if is_bad]
+
+
 class ReIDImageDataset(Dataset):
     """Items: ``image``, ``index``, ``scenario`` (int), ``group`` and, for training, ``pseudo_label``.
 

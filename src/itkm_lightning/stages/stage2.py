@@ -390,6 +390,9 @@ class Stage2(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- checkpoints
+    checkpoint_omits = (TEXT_TOWER_PREFIX,)
+    """State-dict prefixes its checkpoints do not hold (the frozen tower), for the resume compatibility check."""
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(TEXT_TOWER_PREFIX)]:
