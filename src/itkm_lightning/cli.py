@@ -66,7 +66,8 @@ class ITKMCLI(LightningCLI):
             parser_kwargs={"description": (
                 "itkm-lightning: unsupervised multi-scenario person re-identification (ITKM). "
                 "Trainer subcommands below; tools: `itkm prepare mlr ...` (build MLR sets), "
-                "`itkm pretrain ...` (the demo's tiny CLIP). Each takes --help."
+                "`itkm pretrain ...` (the demo's tiny CLIP), `itkm embed|search|export|report` (use a trained model). "
+                "Each takes --help."
             )},
             auto_configure_optimizers=False,
             args=args,
@@ -170,8 +171,23 @@ class ITKMCLI(LightningCLI):
                 trainer.validate(model, datamodule=datamodule, verbose=False)  # the last epoch did not validate
         if trainer.is_global_zero:
             results.record(stage, model.benchmark_results)
+            with timings.part("figures"):
+                self._write_figures(model, datamodule)
             results.print()
             timings.print()
+
+    def _write_figures(self, model, datamodule) -> None:
+        """Figures into <run_dir>/figures (and W&B); a plotting failure warns and never costs the run."""
+        try:
+            from itkm_lightning.tools.run_figures import log_figures_to_wandb, write_run_figures
+
+            figures = write_run_figures(self.run_dir, model, datamodule)
+            log_figures_to_wandb(self.trainer, figures)
+            rank_zero_info(f"figures: {len(figures)} PNGs in {self.run_dir / 'figures'} (`itkm report {self.run_dir}` "
+                           "puts them on one page)")
+        except Exception as err:  # noqa: BLE001 - the trained model and results are already saved
+            warnings.warn(f"figures were not written ({type(err).__name__}: {err}); the run itself is complete",
+                          stacklevel=1)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -207,6 +223,10 @@ TOOLS = {
     # subcommand -> "module:function(argv)"; tools that are not a Trainer method get their own parser.
     "pretrain": "itkm_lightning.pretrain.cli:main",
     "prepare": "itkm_lightning.prepare:main",
+    "embed": "itkm_lightning.tools.embed:main",
+    "search": "itkm_lightning.tools.search:main",
+    "export": "itkm_lightning.tools.export:main",
+    "report": "itkm_lightning.tools.report:main",
 }
 
 
