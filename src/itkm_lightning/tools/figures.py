@@ -96,6 +96,8 @@ def read_pseudo_label_log(metrics_csv: str | Path) -> dict[str, dict[str, list[f
 
 def pseudo_label_curves(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path | None:
     """Clusters, outliers, ARI and NMI per (scenario, group) block at each re-clustering; None without pseudo logs."""
+    from matplotlib.ticker import MaxNLocator
+
     series = read_pseudo_label_log(metrics_csv)
     if not series:
         return None
@@ -106,6 +108,9 @@ def pseudo_label_curves(metrics_csv: str | Path, path: str | Path, title: str = 
             points = values.get(metric, [])
             ax.plot(range(len(points)), points, marker="o", markersize=3, label=block)
         ax.set_title(label, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if metric.startswith("num_"):
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("re-clustering (0 = fit start, then after each epoch)", fontsize=8)
         ax.grid(alpha=0.3)
         if metric in ("ari", "nmi"):
@@ -163,25 +168,37 @@ def group_label(scenario: str, group: int) -> str:
     return f"{scenario} / {GROUP_NAMES.get(scenario, ('g0', 'g1'))[group]}"
 
 
-def prototype_similarity(text_features: np.ndarray, cluster_scenario: np.ndarray, path: str | Path,
-                         max_full: int = 2000) -> Path:
-    """Cosine similarity of the text prototypes: the scenario-by-scenario mean (left) and, for at most
-    ``max_full`` clusters, the full matrix sorted by scenario (right)."""
+def scenario_similarity(text_features: np.ndarray, cluster_scenario: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(C x C cosine matrix, S x S mean cosine between scenarios' prototypes, scenario indices present).
+
+    The diagonal means leave out each prototype's similarity to itself (always 1, it says nothing)."""
     feats = np.asarray(text_features, dtype=np.float64)
     feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     scen = np.asarray(cluster_scenario)
+    if scen.shape != (len(feats),):
+        raise ValueError(f"cluster_scenario must have one entry per prototype ({len(feats)}), got shape {scen.shape}")
     present = [i for i in range(len(SCENARIOS)) if (scen == i).any()]
     sim = feats @ feats.T
     mean = np.zeros((len(present), len(present)))
     for a, sa in enumerate(present):
         for b, sb in enumerate(present):
             block = sim[np.ix_(scen == sa, scen == sb)]
-            if sa == sb:  # a prototype's similarity to itself (1) says nothing about the scenario
+            if sa == sb:
                 n = block.shape[0]
                 mean[a, b] = (block.sum() - np.trace(block)) / max(n * n - n, 1)
             else:
                 mean[a, b] = block.mean()
-    full = len(feats) <= max_full
+    return sim, mean, present
+
+
+def prototype_similarity(text_features: np.ndarray, cluster_scenario: np.ndarray, path: str | Path,
+                         max_full: int = 2000) -> Path:
+    """Cosine similarity of the text prototypes: the scenario-by-scenario mean (left) and, for at most
+    ``max_full`` clusters, the full matrix sorted by scenario (right)."""
+    sim, mean, present = scenario_similarity(text_features, cluster_scenario)
+    scen = np.asarray(cluster_scenario)
+    full = len(sim) <= max_full
     fig = _figure(11 if full else 5.5, 5)
     axes = fig.subplots(1, 2 if full else 1, squeeze=False)[0]
     image = axes[0].imshow(mean, cmap="viridis")
@@ -190,7 +207,8 @@ def prototype_similarity(text_features: np.ndarray, cluster_scenario: np.ndarray
     axes[0].set_yticks(range(len(present)), labels)
     for a in range(len(present)):
         for b in range(len(present)):
-            axes[0].text(b, a, f"{mean[a, b]:.2f}", ha="center", va="center", color="w", fontsize=10)
+            bright = image.norm(mean[a, b]) > 0.6  # viridis turns yellow at the top: dark text there
+            axes[0].text(b, a, f"{mean[a, b]:.2f}", ha="center", va="center", color="k" if bright else "w", fontsize=10)
     axes[0].set_title("mean cosine between scenarios' prototypes\n(diagonal: distinct prototypes only)", fontsize=9)
     fig.colorbar(image, ax=axes[0], shrink=0.8)
     if full:
@@ -200,6 +218,6 @@ def prototype_similarity(text_features: np.ndarray, cluster_scenario: np.ndarray
         for edge in edges:
             axes[1].axhline(edge, color="w", linewidth=1)
             axes[1].axvline(edge, color="w", linewidth=1)
-        axes[1].set_title(f"all {len(feats)} prototypes, sorted by scenario ({', '.join(labels)})", fontsize=9)
+        axes[1].set_title(f"all {len(sim)} prototypes, sorted by scenario ({', '.join(labels)})", fontsize=9)
         fig.colorbar(image, ax=axes[1], shrink=0.8)
     return _save(fig, path)

@@ -18,7 +18,8 @@ CAPTIONS = {
               "red = another identity, score = cosine similarity.",
     "pseudo_labels": "Pseudo-label quality per (scenario, group) block at each re-clustering: clusters, outliers, "
                      "and agreement with the hidden identities (ARI, NMI; monitoring only).",
-    "embedding": "2-D t-SNE of test-set gallery features, coloured by identity (left) and by scenario/group (right).",
+    "embedding": "2-D t-SNE of test-set features (query + gallery), coloured by identity (left) and by "
+                 "scenario/group (right).",
     "text_prototypes": "Cosine similarity between Stage II text prototypes: mean per pair of scenarios, and the full "
                        "matrix sorted by scenario.",
 }

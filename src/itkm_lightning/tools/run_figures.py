@@ -75,14 +75,14 @@ def _feature_figures(out: Path, model, datamodule, num_queries: int, top_k: int,
         for bench in datamodule.benchmarks:
             if not bench.query or not bench.gallery:
                 continue
-            picked = sorted(rng.choice(len(bench.query), size=min(num_queries, len(bench.query)), replace=False))
-            queries = [bench.query[i] for i in picked]
-            feats = embed_samples(model.retrieval_features, queries + bench.gallery, datamodule.image_size,
+            feats = embed_samples(model.retrieval_features, bench.query + bench.gallery, datamodule.image_size,
                                   device=model.device, batch_size=datamodule.test_batch_size, progress=False,
                                   view_transform=getattr(datamodule, "_clothing_agnostic_view", None))  # as evaluation
-            q, g = feats[: len(queries)], feats[len(queries):]
+            q, g = feats[: len(bench.query)], feats[len(bench.query):]
+            picked = sorted(rng.choice(len(bench.query), size=min(num_queries, len(bench.query)), replace=False))
             rows = []
-            for i, query in enumerate(queries):
+            for i in picked:
+                query = bench.query[i]
                 scores = (g @ q[i]).numpy()
                 junk = np.asarray([s.pid == query.pid and s.camid == query.camid for s in bench.gallery])
                 scores[junk] = -np.inf
@@ -93,9 +93,10 @@ def _feature_figures(out: Path, model, datamodule, num_queries: int, top_k: int,
             figures[f"ranked_{bench.name}"] = ranked_list_grid(
                 rows, out / f"ranked_{bench.name}.png",
                 title=f"{bench.name}: query and top-{top_k} (green = same identity, red = other)")
-            points_feats.append(g.numpy())
-            points_ids += [s.identity for s in bench.gallery]
-            points_groups += [f"{bench.name}: {group_label(s.scenario, s.group)}" for s in bench.gallery]
+            points_feats.append(feats.numpy())
+            samples = bench.query + bench.gallery
+            points_ids += [s.identity for s in samples]
+            points_groups += [f"{bench.name}: {group_label(s.scenario, s.group)}" for s in samples]
     finally:
         model.train(was_training)
     if not points_feats:
@@ -109,7 +110,7 @@ def _feature_figures(out: Path, model, datamodule, num_queries: int, top_k: int,
     if len(feats) >= 3:
         figures["embedding"] = embedding_scatter(
             two_d_embedding(feats, seed=seed), points_ids, points_groups, out / "embedding.png",
-            title=f"t-SNE of {len(feats)} gallery features of the test sets")
+            title=f"t-SNE of {len(feats)} test features (query + gallery)")
     return figures
 
 
