@@ -47,7 +47,8 @@ def test_train_then_embed_and_search_real_cuhk01(tmp_path, capsys):
     assert (run_dir / "figures" / "ranked_cuhk01.png").is_file()
 
     for split in ("query", "gallery"):  # tags (scenario cr; camera B = group 1, A = group 0) come from the loader
-        main(["embed", "--config", str(data), "--split", split, "--model", str(run_dir), "--out", str(tmp_path / split)])
+        main(["embed", "--config", str(data), "--split", split, "--model", str(run_dir),
+              "--out", str(tmp_path / split)])
     capsys.readouterr()
     main(["search", str(tmp_path / "query"), "--gallery", str(tmp_path / "gallery"), "--topk", "10",
           "--format", "json", "--out", str(tmp_path / "search")])

@@ -109,7 +109,8 @@ def test_embed_reads_tags_from_a_config(trained, synthetic_root, tmp_path):
     run_dir, _ = trained
     config = tmp_path / "data.yaml"
     config.write_text(f"data:\n  root: {synthetic_root}\n  sources:\n"
-                      "    - class_path: itkm_lightning.data.SyntheticBenchmark\n      init_args: {preset: tiny, seed: 0}\n")
+                      "    - class_path: itkm_lightning.data.SyntheticBenchmark\n"
+                      "      init_args: {preset: tiny, seed: 0}\n")
     out = tmp_path / "emb"
     main(["embed", "--config", str(config), "--split", "test", "--benchmark", "synthetic_vi", "--model", str(run_dir),
           "--out", str(out)])
@@ -168,7 +169,10 @@ def test_search_falls_back_to_torch_without_faiss(trained, synthetic_root, tmp_p
           str(tmp_path / "s")])
     without = json.loads(capsys.readouterr().out)
     assert json.loads((tmp_path / "s" / "results.json").read_text())["backend"] == "torch"
-    assert [[m["path"] for m in r["matches"]] for r in without] == [[m["path"] for m in r["matches"]] for r in with_faiss]
+    def ranked_paths(results):
+        return [[m["path"] for m in r["matches"]] for r in results]
+
+    assert ranked_paths(without) == ranked_paths(with_faiss)
     np.testing.assert_allclose([[m["score"] for m in r["matches"]] for r in without],
                                [[m["score"] for m in r["matches"]] for r in with_faiss], atol=1e-5)
     with pytest.raises(SystemExit):
@@ -214,3 +218,25 @@ def test_onnx_export_reports_missing_packages(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "e.onnx")])
     assert "pip install onnx onnxscript" in capsys.readouterr().err
+
+
+def test_a_pretrained_backbone_needs_only_its_config_to_open_a_checkpoint(tmp_path, tiny_backbone):
+    """A checkpoint of a `pretrained: true` run opens from config.json alone (the weights come from the checkpoint)."""
+    from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, random_clip_model
+
+    clip_dir = tmp_path / "clip"
+    random_clip_model(tiny_backbone).save_pretrained(str(clip_dir))
+    pretrained = BackboneConfig(name_or_path=str(clip_dir), image_size=(64, 32))
+    reference = CLIPImageEncoder(pretrained).eval()
+    for weights in clip_dir.glob("*.safetensors"):
+        weights.unlink()  # only config.json is left
+    handoff = tmp_path / "stage1" / "handoff.pt"
+    handoff.parent.mkdir()
+    torch.save({"stage": "stage1", "encoder": reference.state_dict(), "backbone": pretrained.model_dump()}, handoff)
+    encoder, backbone = load_image_encoder(handoff)
+    assert backbone == pretrained
+    inputs = mixed_batch(reference)
+    torch.testing.assert_close(features(encoder, inputs), features(reference, inputs))
+    (clip_dir / "config.json").unlink()
+    with pytest.raises(Exception, match="config.json is not available locally"):
+        load_image_encoder(handoff)

@@ -196,10 +196,19 @@ def clip_architecture(cfg: BackboneConfig) -> CLIPModel:
     """
     if not cfg.pretrained:
         return random_clip_model(cfg)
+    path = Path(cfg.name_or_path).expanduser()
+    # transformers builds a default config for a folder without config.json instead of failing: check first.
+    if path.is_dir() and not (path / "config.json").is_file():
+        reason = f"its config.json is not available locally (no {path / 'config.json'})"
+        raise BackboneUnavailableError(_unavailable_message(cfg.name_or_path, reason))
+    if not path.is_dir() and _looks_like_local_path(cfg.name_or_path):
+        reason = f"its config.json is not available locally (the directory {path} does not exist)"
+        raise BackboneUnavailableError(_unavailable_message(cfg.name_or_path, reason))
     try:
-        config = CLIPConfig.from_pretrained(str(Path(cfg.name_or_path).expanduser()), local_files_only=True)
+        config = CLIPConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as error:
-        reason = f"its config.json is not available locally ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = f"its config.json is not available locally ({first_line})"
         raise BackboneUnavailableError(_unavailable_message(cfg.name_or_path, reason)) from error
     model = CLIPModel(config)
     check_clip_layout(model)

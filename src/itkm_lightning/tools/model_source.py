@@ -34,8 +34,8 @@ def load_image_encoder(source: str | Path) -> tuple[CLIPImageEncoder, BackboneCo
     try:
         encoder.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: the encoder weights do not fit its backbone config ({first})") from err
+        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])[:300]
+        raise ValueError(f"{path}: the encoder weights do not fit its backbone config ({detail})") from err
     return encoder.eval(), backbone
 
 

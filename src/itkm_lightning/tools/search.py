@@ -67,7 +67,8 @@ class GalleryIndex:
         """(scores, indices), each (Q, min(k, len)), best first; scores are cosine similarities."""
         queries = normalize(queries)
         if queries.shape[1] != self.gallery.shape[1]:
-            raise ValueError(f"query features are {queries.shape[1]}-d but the gallery's are {self.gallery.shape[1]}-d; "
+            raise ValueError(f"query features are {queries.shape[1]}-d but the gallery's are "
+                             f"{self.gallery.shape[1]}-d; "
                              "embed both with the same model and --feature")
         k = min(k, len(self.gallery))
         if self.backend == "faiss":
@@ -107,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="itkm search",
         description="Top-k gallery images for each query image by cosine similarity. Queries and gallery are either "
-                    "folders written by `itkm embed` or images (then --model embeds them). Prints a table (or JSON with "
-                    "--format json); --out DIR also writes DIR/results.json and DIR/grid.png.",
+                    "folders written by `itkm embed` or images (then --model embeds them). Prints a table (or JSON "
+                    "with --format json); --out DIR also writes DIR/results.json and DIR/grid.png.",
     )
     parser.add_argument("queries", nargs="+", help="an `itkm embed` folder, or query image files/folders")
     parser.add_argument("--gallery", required=True, help="an `itkm embed` folder (its faiss index is kept there), "
@@ -171,7 +172,8 @@ def print_table(results: list[dict]) -> None:
     for entry in results:
         for match in entry["matches"]:
             query = os.path.relpath(entry["query"], query_root) if match["rank"] == 1 else ""
-            table.add_row(query, str(match["rank"]), f"{match['score']:.3f}", os.path.relpath(match["path"], match_root))
+            match_name = os.path.relpath(match["path"], match_root)
+            table.add_row(query, str(match["rank"]), f"{match['score']:.3f}", match_name)
         table.add_section()
     Console().print(table)
 
