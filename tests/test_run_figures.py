@@ -88,10 +88,12 @@ def test_figures_are_logged_to_wandb(tmp_path, monkeypatch):
     png = tmp_path / "a.png"
     Image.new("RGB", (8, 8), "red").save(png)
     wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True)
-    logged = {}
-    monkeypatch.setattr(type(wandb_logger), "experiment", SimpleNamespace(log=logged.update))
+    logged = []
+    monkeypatch.setattr(wandb_logger, "log_image", lambda key, images: logged.append((key, images)))
     log_figures_to_wandb(SimpleNamespace(loggers=[wandb_logger]), {"a": png})
-    assert list(logged) == ["figures/a"] and type(logged["figures/a"]).__name__ == "Image"
+    assert logged == [("figures/a", [str(png)])]
+    log_figures_to_wandb(SimpleNamespace(loggers=[object()]), {"a": png})  # other loggers: nothing
+    assert len(logged) == 1
 
 
 def test_a_plotting_failure_only_warns(tmp_path, monkeypatch):

@@ -119,7 +119,6 @@ def log_figures_to_wandb(trainer, figures: dict[str, Path]) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     for run_logger in getattr(trainer, "loggers", []) or []:
-        if isinstance(run_logger, WandbLogger) and figures:
-            import wandb
-
-            run_logger.experiment.log({f"figures/{name}": wandb.Image(str(path)) for name, path in figures.items()})
+        if isinstance(run_logger, WandbLogger):
+            for name, path in figures.items():  # log_image wraps each file in wandb.Image at the trainer's step
+                run_logger.log_image(key=f"figures/{name}", images=[str(path)])
