@@ -187,14 +187,15 @@ def test_search_of_images_without_a_model_names_the_fix(synthetic_root, tmp_path
 
 
 # ------------------------------------------------------------------ export
-def test_torchscript_export_matches_the_checkpoint(trained, tmp_path, capsys):
+@pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("program", ".pt2")])
+def test_export_matches_the_checkpoint(fmt, suffix, trained, tmp_path, capsys):
     """Parity tolerance: max |exported - checkpoint| < 1e-5 on normalised features, mixed scenarios and groups,
-    with a batch size other than the trace's."""
+    with batch sizes other than the trace's (5 and 1)."""
     from itkm_lightning.tools.export import load_exported
 
     run_dir, reference = trained
-    out = tmp_path / "encoder.pt"
-    main(["export", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out)])
+    out = tmp_path / f"encoder{suffix}"
+    main(["export", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out), "--format", fmt])
     assert "max abs diff" in capsys.readouterr().out
     exported = load_exported(out)
     inputs = mixed_batch(reference, batch=5)
@@ -205,7 +206,7 @@ def test_torchscript_export_matches_the_checkpoint(trained, tmp_path, capsys):
     single = tuple(x[:1] for x in inputs)
     with torch.no_grad():
         assert float((exported(*single) - features(reference, single)).abs().max()) < 1e-5
-    spec = json.loads((tmp_path / "encoder.pt.json").read_text())
+    spec = json.loads((tmp_path / f"encoder{suffix}.json").read_text())
     assert spec["image_size"] == list(reference.cfg.image_size) and spec["parity_max_abs_diff"] < 1e-5
 
 

@@ -1,4 +1,4 @@
-"""``itkm export``: the trained image encoder as TorchScript (``torch.jit.trace``) or ONNX.
+"""``itkm export``: the trained image encoder as TorchScript (``torch.jit.trace``), a ``torch.export`` program or ONNX.
 
 The exported graph maps ``(pixel_values, scenario, group) -> L2-normalised f``; inputs are CLIP-normalised
 (B, 3, H, W) crops of the backbone's image size (written beside the model in ``<model>.json``).
@@ -79,6 +79,24 @@ def export_torchscript(encoder: CLIPImageEncoder, path: str | Path) -> Path:
     return path
 
 
+def _dynamic_batch() -> dict:
+    batch = torch.export.Dim("batch", min=1)
+    return {"pixel_values": {0: batch}, "scenario": {0: batch}, "group": {0: batch}}
+
+
+def export_program(encoder: CLIPImageEncoder, path: str | Path) -> Path:
+    """``torch.export`` (``.pt2``, any batch size): TorchScript's successor; load with ``torch.export.load``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = ExportableEncoder(encoder.eval()).eval()
+    with torch.no_grad():
+        program = torch.export.export(module, example_inputs(encoder), dynamic_shapes=_dynamic_batch())
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.export.save(program, str(tmp))
+    tmp.replace(path)
+    return path
+
+
 def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 
@@ -90,16 +108,16 @@ def export_onnx(encoder: CLIPImageEncoder, path: str | Path, opset: int = 18) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportableEncoder(encoder.eval()).eval()
-    batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(module, example_inputs(encoder), str(path), input_names=["pixel_values", "scenario", "group"],
-                      output_names=["features"], opset_version=opset, dynamo=True,
-                      dynamic_shapes={"pixel_values": {0: batch}, "scenario": {0: batch}, "group": {0: batch}})
+                      output_names=["features"], opset_version=opset, dynamo=True, dynamic_shapes=_dynamic_batch())
     return path
 
 
 def load_exported(path: str | Path):
-    """A callable ``(pixel_values, scenario, group) -> features`` from an exported file (.pt or .onnx)."""
+    """A callable ``(pixel_values, scenario, group) -> features`` from an exported file (.pt, .pt2 or .onnx)."""
     path = Path(path)
+    if path.suffix == ".pt2":
+        return torch.export.load(str(path)).module()
     if path.suffix == ".onnx":
         if importlib.util.find_spec("onnxruntime") is None:
             raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime")
@@ -126,6 +144,9 @@ def parity(encoder: CLIPImageEncoder, exported_path: str | Path, batch: int = 6)
     return float((exported - eager_features(encoder, inputs)).abs().max())
 
 
+EXPORTERS = {"torchscript": export_torchscript, "program": export_program, "onnx": export_onnx}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="itkm export",
@@ -134,16 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
                     f"and checks that the export matches the checkpoint (max abs diff < {PARITY_TOLERANCE:g}).",
     )
     parser.add_argument("model", help="run directory, Lightning checkpoint (.ckpt) or stage handoff (handoff.pt)")
-    parser.add_argument("--out", required=True, help="output file (.pt for torchscript, .onnx for onnx)")
-    parser.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    parser.add_argument("--out", required=True,
+                        help="output file: .pt for torchscript, .pt2 for torch.export (program), .onnx for onnx")
+    parser.add_argument("--format", choices=tuple(EXPORTERS), default="torchscript",
+                        help="torchscript (torch.jit.trace; loads in C++/libtorch), program (torch.export, its "
+                             "successor), onnx (needs onnx + onnxscript)")
     return parser
 
 
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     encoder, backbone = load_image_encoder(args.model)
-    out = export_torchscript(encoder, args.out) if args.format == "torchscript" else export_onnx(encoder, args.out)
-    checked = args.format == "torchscript" or importlib.util.find_spec("onnxruntime") is not None
+    out = EXPORTERS[args.format](encoder, args.out)
+    checked = args.format != "onnx" or importlib.util.find_spec("onnxruntime") is not None
     diff = parity(encoder, out) if checked else None
     if diff is not None and not diff < PARITY_TOLERANCE:
         out.unlink(missing_ok=True)
