@@ -62,7 +62,8 @@ class ITKMCLI(LightningCLI):
             parser_kwargs={"description": (
                 "itkm-lightning: unsupervised multi-scenario person re-identification (ITKM). "
                 "Trainer subcommands below; tools: `itkm prepare mlr ...` (build MLR sets), "
-                "`itkm pretrain ...` (the demo's tiny CLIP). Each takes --help."
+                "`itkm pretrain ...` (the demo's tiny CLIP), `itkm embed|search|export|report` (use a trained model). "
+                "Each takes --help."
             )},
             auto_configure_optimizers=False,
             args=args,
@@ -157,11 +158,26 @@ class ITKMCLI(LightningCLI):
             command=self._rerun_command(cfg),
             seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,
         )
-        pipeline.run(only=selected_stage(cfg.get("stage")), ckpt_path=ckpt_path)
+        finished = pipeline.run(only=selected_stage(cfg.get("stage")), ckpt_path=ckpt_path)
+        if finished and pipeline.final_module is not None and pipeline.final_trainer.is_global_zero:
+            self._write_figures(pipeline.final_module, datamodule, pipeline.final_trainer)
 
     def _rerun_command(self, cfg) -> str:
         configs = " ".join(f"--config {c}" for c in (cfg.get("config") or []))
         return f"itkm fit {configs} --run_dir {self.run_dir}".replace("  ", " ")
+
+    def _write_figures(self, model, datamodule, trainer) -> None:
+        """Figures into <run_dir>/figures (and W&B); a plotting failure warns and never costs the run."""
+        try:
+            from itkm_lightning.tools.run_figures import log_figures_to_wandb, write_run_figures
+
+            figures = write_run_figures(self.run_dir, model, datamodule)
+            log_figures_to_wandb(trainer, figures)
+            rank_zero_info(f"figures: {len(figures)} PNGs in {self.run_dir / 'figures'} (`itkm report {self.run_dir}` "
+                           "puts them on one page)")
+        except Exception as err:  # noqa: BLE001 - the trained model and results are already saved
+            warnings.warn(f"figures were not written ({type(err).__name__}: {err}); the run itself is complete",
+                          stacklevel=1)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -199,6 +215,10 @@ TOOLS = {
     # subcommand -> "module:function(argv)"; tools that are not a Trainer method get their own parser.
     "pretrain": "itkm_lightning.pretrain.cli:main",
     "prepare": "itkm_lightning.prepare:main",
+    "embed": "itkm_lightning.tools.embed:main",
+    "search": "itkm_lightning.tools.search:main",
+    "export": "itkm_lightning.tools.export:main",
+    "report": "itkm_lightning.tools.report:main",
 }
 
 

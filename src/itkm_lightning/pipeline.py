@@ -138,6 +138,8 @@ class Pipeline:
         self.seed = seed
         self.results = ResultsFile(self.run_dir / "results.json")
         self.handoffs: dict[str, dict] = {}  # this process's hand-overs, in memory (every rank has them)
+        self.final_module: L.LightningModule | None = None  # the last image model trained in this process
+        self.final_trainer: L.Trainer | None = None
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / name
@@ -165,7 +167,8 @@ class Pipeline:
         return todo
 
     # ------------------------------------------------------------ run
-    def run(self, only: str | None = None, ckpt_path: str | None = None) -> None:
+    def run(self, only: str | None = None, ckpt_path: str | None = None) -> bool:
+        """Train the stages still to do; True when they all finished (False: interrupted, or nothing to do)."""
         if ckpt_path is not None and only is None:
             raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
         todo = self.plan(only)
@@ -173,7 +176,7 @@ class Pipeline:
             done = only or ", ".join(self.names)
             rank_zero_info(f"{done} already finished in {self.run_dir}; pass another --run_dir to train again")
             self.results.print()  # no Trainer has launched other processes yet: this is the only one
-            return
+            return False
         trainer = self.make_trainer(todo[0].name)
         timings = Timings(self.run_dir / "timings.json", write=trainer.is_global_zero)
         if trainer.local_rank == 0:  # other ranks wait at Lightning's own prepare_data barrier
@@ -182,10 +185,11 @@ class Pipeline:
         for i, spec in enumerate(todo):
             trainer = trainer if i == 0 else self.make_trainer(spec.name)
             if not self._run_stage(spec, trainer, timings, ckpt_path if only else None):
-                return
+                return False
         if trainer.is_global_zero:
             self.results.print()
             timings.print()
+        return True
 
     def _run_stage(self, spec: StageSpec, trainer: L.Trainer, timings: Timings, ckpt_path: str | None) -> bool:
         """Train one stage, record its results, write its hand-over; False when it was interrupted."""
@@ -219,6 +223,8 @@ class Pipeline:
             if trainer.is_global_zero:
                 save_handoff(handoff_path(self.run_dir, name), handoff)
         self.handoffs[name] = handoff
+        if module.evaluates_images:  # the run's figures show the last image model trained here
+            self.final_module, self.final_trainer = module, trainer
         rank_zero_info(f"{name} finished: hand-over written to {handoff_path(self.run_dir, name)}")
         return True
 

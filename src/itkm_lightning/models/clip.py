@@ -188,6 +188,33 @@ def random_clip_model(cfg: BackboneConfig) -> CLIPModel:
     return CLIPModel(config)
 
 
+def clip_architecture(cfg: BackboneConfig) -> CLIPModel:
+    """A randomly initialised CLIPModel of `cfg`'s architecture, to load trained weights into.
+
+    For a pretrained source only its config.json is read (local directory or the local HF cache), so a
+    trained checkpoint opens without the pretrained weights files.
+    """
+    if not cfg.pretrained:
+        return random_clip_model(cfg)
+    path = Path(cfg.name_or_path).expanduser()
+    # transformers builds a default config for a folder without config.json instead of failing: check first.
+    if path.is_dir() and not (path / "config.json").is_file():
+        reason = f"its config.json is not available locally (no {path / 'config.json'})"
+        raise BackboneUnavailableError(_unavailable_message(cfg.name_or_path, reason))
+    if not path.is_dir() and _looks_like_local_path(cfg.name_or_path):
+        reason = f"its config.json is not available locally (the directory {path} does not exist)"
+        raise BackboneUnavailableError(_unavailable_message(cfg.name_or_path, reason))
+    try:
+        config = CLIPConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = f"its config.json is not available locally ({first_line})"
+        raise BackboneUnavailableError(_unavailable_message(cfg.name_or_path, reason)) from error
+    model = CLIPModel(config)
+    check_clip_layout(model)
+    return model
+
+
 def _unavailable_message(name_or_path: str, reason: str) -> str:
     return (
         f"cannot load CLIP weights from `{name_or_path}`: {reason}. Fix: on a machine with internet run "
@@ -378,7 +405,11 @@ class CLIPImageEncoder(nn.Module):
 
     def embed(self, pixel_values: Tensor, scenario: Tensor, group: Tensor) -> Tensor:
         """Token sequence (B, 1 + N, D): group's patch conv, CLS, scenario embedding, position table."""
-        patches = self._patch_tokens(pixel_values, group)
+        return self.tokens_from_patches(self._patch_tokens(pixel_values, group), scenario)
+
+    def tokens_from_patches(self, patches: Tensor, scenario: Tensor) -> Tensor:
+        """(B, N, D) patch tokens -> (B, 1 + N, D): CLS, scenario embedding, position table (no Python branching
+        on tensor values, so exporters can trace it)."""
         cls_token = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat([cls_token, patches], dim=1)
         if self.scenario_embedding is not None:
