@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 	$(BIN)/python -m pip install --quiet -c requirements/cpu.lock -e ".[faiss,wandb,dev]"
 	touch $(STAMP)
 
+# The demo's tiny CLIP is pretrained on first use (about 6 minutes) and reused afterwards.
 demo: $(STAMP)
+	$(BIN)/itkm pretrain --config conf/pretrain.yaml
 	$(BIN)/itkm fit --config conf/demo.yaml
 
 test: $(STAMP)

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 
 def one_line_parse_error(message: str) -> str:
