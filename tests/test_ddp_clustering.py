@@ -65,6 +65,7 @@ def test_single_process_sharded_path_equals_cluster_blocks():
     np.testing.assert_array_equal(cluster_blocks_distributed(features, blocks, CFG), expected)
 
 
+@pytest.mark.slow  # two interpreters start and import torch: 30-100 s on the shared 2 cores
 def test_two_gloo_processes_label_like_one_and_sample_whole_identities(tmp_path):
     torch.multiprocessing.spawn(_worker, args=(str(tmp_path / "pg_init"), str(tmp_path)), nprocs=WORLD_SIZE,
                                 join=True)

@@ -14,6 +14,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
+from itkm_lightning.tracking import default_run_dir, finish_wandb, wandb_logger
+
 RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 
 
@@ -78,6 +81,10 @@ class ITKMCLI(LightningCLI):
             "--run_dir", type=Optional[str], default=None,
             help="where the run writes checkpoints, logs and results.json (default: runs/<config name>)",
         )
+        from itkm_lightning.config import WandbConfig
+
+        parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
+                            help="Weights & Biases logging (mode: online | offline | disabled), see README")
 
     # ------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
@@ -85,7 +92,7 @@ class ITKMCLI(LightningCLI):
         if not cfg.get("run_dir"):
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "default"
-            cfg.run_dir = str(Path("runs") / name)
+            cfg.run_dir = str(default_run_dir(name))
         cfg.trainer.default_root_dir = cfg.run_dir
 
     def instantiate_classes(self) -> None:
@@ -115,7 +122,10 @@ class ITKMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="logs")
+            kwargs["logger"] = [CSVLogger(save_dir=str(self.run_dir), name="", version="logs")]
+            wandb = wandb_logger(self._get(self.config_init, "wandb"), self.run_dir, self.model.stage_name)
+            if wandb is not None:
+                kwargs["logger"].append(wandb)
         callbacks = list(trainer_cfg.get("callbacks") or [])
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints", save_last=True, save_top_k=0,
@@ -149,8 +159,9 @@ class ITKMCLI(LightningCLI):
             with timings.part("data"):
                 datamodule.prepare_data()
         last = self.run_dir / RESUME_CHECKPOINT
-        if ckpt_path is None and last.is_file():
-            ckpt_path = str(last)
+        resume = newest_checkpoint(last, requeue_checkpoint(self.run_dir))  # hpc_ckpt_*: SLURM requeue
+        if ckpt_path is None and resume is not None:
+            ckpt_path = str(resume)
             rank_zero_info(f"resuming {stage} from {ckpt_path}")
         if ckpt_path is None and "untrained" not in results:
             with timings.part("eval_untrained"):
@@ -172,6 +183,7 @@ class ITKMCLI(LightningCLI):
             results.record(stage, model.benchmark_results)
             results.print()
             timings.print()
+        finish_wandb()
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
