@@ -380,8 +380,9 @@ def bench_pseudo(sizes: list[int]) -> list[dict]:
             sparse = run_child("pseudo", n=n, method="sparse", labels_out=f"{tmp}/sparse{n}.npy")
             row = {"n": n, "dim": DIM, **CLUSTERING, "sparse": sparse}
             if n > DENSE_MAX_N:
-                row["dense"] = {"not_run": f"one N x N float32 matrix alone is {n * n * 4 / 1e9:.0f} GB "
-                                           f"(the dense method holds two at once); this machine has 23 GB"}
+                row["dense"] = {"not_run": f"needs ~{n * n * 12 / 1e9:.0f} GB: the N x N float32 distances "
+                                           f"({n * n * 4 / 1e9:.0f} GB) and argpartition's N x N int64 indices; "
+                                           f"this machine has 23 GB"}
             else:
                 print(f"pseudo-labels N={n}: dense baseline ...", flush=True)
                 row["dense"] = run_child("pseudo", n=n, method="dense", labels_out=f"{tmp}/dense{n}.npy")

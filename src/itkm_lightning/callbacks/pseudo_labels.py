@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from itkm_lightning.clustering import cluster
 from itkm_lightning.config import ClusteringConfig
-from itkm_lightning.distributed import broadcast_tensor, is_distributed, sharded_knn
+from itkm_lightning.distributed import broadcast_tensor, rank_and_world_size, sharded_knn
 
 
 class EmptyClusteringError(RuntimeError):
@@ -79,11 +79,11 @@ def cluster_blocks_distributed(features: torch.Tensor, block_of_index: np.ndarra
     Every rank passes the same (gathered) ``features`` and gets the same labels, equal to the
     single-process ``cluster_blocks``. The kNN search, the O(N^2 d) part, is split over the ranks; the
     sparse Jaccard graph and DBSCAN (O(N k)) run once, on rank 0, while the others wait in the broadcast
-    (the process-group timeout bounds that wait: see the README, "Multi-GPU").
+    (the process-group timeout bounds that wait: README, "Scaling out").
     """
     neighbours = block_neighbours(features, block_of_index, cfg, device=device)
     labels = None
-    if not is_distributed() or torch.distributed.get_rank() == 0:
+    if rank_and_world_size()[0] == 0:
         labels = torch.from_numpy(cluster_blocks(features.numpy(), block_of_index, cfg, neighbours))
     return broadcast_tensor(labels).numpy()
 
@@ -170,7 +170,8 @@ class PseudoLabelCallback(L.Callback):
             ids = [dm.train_samples[i].identity for i in idx]
             stats[f"{scenario}-g{group}"] = block_quality(labels[idx], ids)
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "blocks": stats})
-        if trainer.logger is not None and trainer.is_global_zero:
+        if trainer.is_global_zero:
             flat = {f"pseudo/{name}/{k}": v for name, s in stats.items() for k, v in s.items()}
-            trainer.logger.log_metrics(flat, step=trainer.global_step)
+            for logger in trainer.loggers:  # CSV and, when enabled, W&B
+                logger.log_metrics(flat, step=trainer.global_step)
         return stats
