@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= disabled
 
-.PHONY: install demo test test-fast lock clean
+.PHONY: install demo test test-fast bench lock clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Benchmark suite -> benchmarks/results.json + a table (see benchmarks/README.md); about 20 min on 2 cores.
+# Quick run while developing: make bench BENCH_SIZES=10000
+BENCH_SIZES ?= 10000,30000,100000
+bench: $(STAMP)
+	BENCH_SIZES=$(BENCH_SIZES) $(BIN)/python scripts/bench.py
 
 # Re-pin the tested versions after changing dependencies (run on the CPU machine).
 lock:

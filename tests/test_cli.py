@@ -7,8 +7,9 @@ import pytest
 from itkm_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-# Overlays (conf/ablations) are not standalone configs: tests/test_ablations.py composes them.
-CONFIGS = sorted(p for p in (REPO / "conf").rglob("*.yaml") if "ablations" not in p.parts)
+# Overlays (conf/ablations) are not standalone configs: tests/test_ablations.py composes them;
+# sweep files are W&B's, tested in test_scale_cli.py.
+CONFIGS = sorted(p for p in (REPO / "conf").rglob("*.yaml") if not {"ablations", "sweeps"} & set(p.parts))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])

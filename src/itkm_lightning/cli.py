@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from itkm_lightning.tracking import default_run_dir, finish_wandb, wandb_logger
+
 
 def one_line_parse_error(message: str) -> str:
     """Condense jsonargparse's (and nested pydantic's) multi-line reasons into ``key = value: reason``."""
@@ -84,6 +86,10 @@ class ITKMCLI(LightningCLI):
         parser.add_argument("--epochs", type=StageEpochs, default=StageEpochs(),
                             help="training epochs per stage (unset: trainer.max_epochs)")
         add_stage_arguments(parser)
+        from itkm_lightning.config import WandbConfig
+
+        parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
+                            help="Weights & Biases logging (mode: online | offline | disabled), see README")
 
     # ------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
@@ -91,7 +97,7 @@ class ITKMCLI(LightningCLI):
         if not cfg.get("run_dir"):
             configs = cfg.get("config") or []
             name = Path(str(configs[-1])).stem if configs else "default"
-            cfg.run_dir = str(Path("runs") / name)
+            cfg.run_dir = str(default_run_dir(name))
         cfg.trainer.default_root_dir = cfg.run_dir
 
     def instantiate_classes(self) -> None:
@@ -132,7 +138,10 @@ class ITKMCLI(LightningCLI):
         ours = stage_trainer_kwargs(self.run_dir / stage, seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         kwargs["default_root_dir"] = ours["default_root_dir"]
         if trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = ours["logger"]
+            kwargs["logger"] = [ours["logger"]]
+            wandb = wandb_logger(self._get(self.config_init, "wandb"), self.run_dir, stage)
+            if wandb is not None:
+                kwargs["logger"].append(wandb)
         callbacks = list(trainer_cfg.get("callbacks") or []) + ours["callbacks"]
         plugins = list(trainer_cfg.get("plugins") or [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -159,9 +168,12 @@ class ITKMCLI(LightningCLI):
             command=self._rerun_command(cfg),
             seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,
         )
-        finished = pipeline.run(only=selected_stage(cfg.get("stage")), ckpt_path=ckpt_path)
-        if finished and pipeline.final_module is not None and pipeline.final_trainer.is_global_zero:
-            self._write_figures(pipeline.final_module, datamodule, pipeline.final_trainer)
+        try:
+            finished = pipeline.run(only=selected_stage(cfg.get("stage")), ckpt_path=ckpt_path)
+            if finished and pipeline.final_module is not None and pipeline.final_trainer.is_global_zero:
+                self._write_figures(pipeline.final_module, datamodule, pipeline.final_trainer)
+        finally:
+            finish_wandb()  # one W&B run per run directory; a later run in this process starts its own
 
     def _rerun_command(self, cfg) -> str:
         configs = " ".join(f"--config {c}" for c in (cfg.get("config") or []))

@@ -97,6 +97,16 @@ def _check_enough_features(n: int, k1: int) -> None:
         raise ValueError(f"k1={k1} needs more than {k1} features in a block; got {n}; lower clustering k1.")
 
 
+def _check_ranks(ranks: np.ndarray, n: int, k1: int) -> np.ndarray:
+    ranks = np.asarray(ranks)
+    if ranks.shape != (n, k1):
+        raise ValueError(f"precomputed ranks must have shape (N, k1) = ({n}, {k1}); got {tuple(ranks.shape)}; "
+                         "search them with knn(features, features, k1).")
+    if ranks.size and (ranks.min() < 0 or ranks.max() >= n):
+        raise ValueError(f"precomputed ranks must index the {n} features; got values outside [0, {n}).")
+    return ranks.astype(np.int64, copy=False)
+
+
 # --------------------------------------------------------------------------------------------------
 # k nearest neighbours
 # --------------------------------------------------------------------------------------------------
@@ -413,6 +423,7 @@ def jaccard_distance(
     *,
     backend: KnnBackend = "auto",
     max_distance: float = 1.0,
+    ranks: np.ndarray | None = None,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance (Cluster Contrast definition; see the module docstring).
 
@@ -424,6 +435,9 @@ def jaccard_distance(
         backend: kNN backend, see :func:`knn`.
         max_distance: keep only pairs at distance <= max_distance (default 1: every pair that shares
             weight). DBSCAN only needs pairs within eps, which makes the matrix far smaller.
+        ranks: precomputed ``knn(features, features, k1)[1]`` (N, k1), the feature itself included;
+            lets a caller run the search elsewhere (e.g. sharded over DDP ranks, see
+            ``itkm_lightning.distributed.sharded_knn``). Searched here when None.
 
     Returns:
         Symmetric (N, N) ``csr_matrix`` of float32 distances in [0, 1]. Stored entries are the pairs
@@ -441,7 +455,10 @@ def jaccard_distance(
         return sp.csr_matrix((0, 0), dtype=np.float32)
     _check_enough_features(n, k1)
     _check_normalised(cpu_features)
-    _, ranks = knn(features, features, k1, backend=backend)
+    if ranks is None:
+        _, ranks = knn(features, features, k1, backend=backend)
+    else:
+        ranks = _check_ranks(ranks, n, k1)
     reciprocal = _reciprocal_neighbours(ranks, k1)
     half_reciprocal = _reciprocal_neighbours(ranks, int(np.around(k1 / 2)))
     neighbourhoods = _expanded_neighbourhoods(reciprocal, half_reciprocal)
@@ -581,6 +598,7 @@ def cluster(
     k2: int = 6,
     *,
     backend: KnnBackend = "auto",
+    ranks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pseudo-labels: DBSCAN (or HDBSCAN) on the k-reciprocal Jaccard distance.
 
@@ -593,6 +611,7 @@ def cluster(
         min_samples: DBSCAN core-point size (the point included) / HDBSCAN minimum cluster size.
         k1, k2: Jaccard distance neighbourhood sizes, see :func:`jaccard_distance`.
         backend: kNN backend, see :func:`knn`.
+        ranks: precomputed (N, k1) neighbour indices, see :func:`jaccard_distance`.
 
     Returns:
         (N,) int64 labels, 0..C-1 for clusters and -1 for outliers. Empty input gives an empty array.
@@ -600,7 +619,7 @@ def cluster(
     _check_cluster_arguments(method, eps, min_samples)
     # DBSCAN only looks at pairs within eps: dropping the others early is exact and saves memory.
     max_distance = eps if method == "dbscan" else 1.0
-    distances = jaccard_distance(features, k1, k2, backend=backend, max_distance=max_distance)
+    distances = jaccard_distance(features, k1, k2, backend=backend, max_distance=max_distance, ranks=ranks)
     if distances.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     if method == "dbscan":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -52,3 +52,14 @@ class StageEpochs(BaseModel):
     def of(self, stage: str, default: int | None) -> int | None:
         value = self.model_dump().get(stage)
         return default if value is None else value
+class WandbConfig(BaseModel):
+    """Weights & Biases logging next to the CSV logs; one W&B run per ``run_dir`` (all stages, resumed on requeue)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "disabled", description="online: stream to the server; offline: write <run_dir>/wandb for `wandb sync`")
+    project: str = "itkm-lightning"
+    entity: Optional[str] = None
+    group: Optional[str] = Field(None, description="W&B group, e.g. one per sweep or per experiment series")
+    tags: list[str] = Field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -38,3 +39,36 @@ def broadcast_tensor(tensor: torch.Tensor | None, src: int = 0, device: torch.de
 def is_rank_zero() -> bool:
     """True on the process that does rank-0-only work (the only one without DDP)."""
     return not is_distributed() or dist.get_rank() == 0
+def rank_and_world_size() -> tuple[int, int]:
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def query_slice(num_queries: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``num_queries`` rows (sizes differ by at most one)."""
+    bounds = [num_queries * r // world_size for r in range(world_size + 1)]
+    return slice(bounds[rank], bounds[rank + 1])
+
+
+def sharded_knn(
+    features: torch.Tensor, k: int, *, backend: str = "auto", device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``knn(features, features, k)`` with the queries split over the ranks; every rank gets all rows.
+
+    Every rank holds all ``features`` (gathered after extraction) and searches only its slice of the
+    queries against all of them, on ``device`` (a GPU rank searches on its GPU); the (similarity, index)
+    rows are then gathered in rank order, so the result equals the single-process search. With one
+    process it is exactly ``knn``. All ranks must call it, in the same order.
+    """
+    from itkm_lightning.clustering import knn  # clustering imports nothing from here; keeps the layers apart
+
+    rank, world_size = rank_and_world_size()
+    database = features.to(device)
+    mine = query_slice(database.shape[0], rank, world_size)
+    similarities, indices = knn(database[mine], database, k, backend=backend)
+    if world_size == 1:
+        return similarities, indices
+    similarities = all_gather_variable(torch.from_numpy(similarities).to(device)).cpu().numpy()
+    indices = all_gather_variable(torch.from_numpy(indices).to(device)).cpu().numpy()
+    return similarities, indices

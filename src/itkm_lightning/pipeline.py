@@ -19,6 +19,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
+from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
 from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
 from itkm_lightning.results import ResultsFile, Timings
 
@@ -198,7 +199,9 @@ class Pipeline:
             L.seed_everything(self.seed, workers=True, verbose=False)
         module = spec.build()
         module.receive_handoff(self._predecessor_handoffs(name))
-        resume = ckpt_path or resume_checkpoint(stage_dir / "checkpoints")
+        # The newest good end-of-epoch checkpoint, or a newer mid-epoch one that a SLURM requeue (SIGUSR1) left.
+        resume = ckpt_path or newest_checkpoint(resume_checkpoint(stage_dir / "checkpoints"),
+                                                requeue_checkpoint(stage_dir))
         if resume is not None:
             check_resumable(resume, module)  # another stage or backbone: one clear line, not a shape traceback
             rank_zero_info(f"resuming {name} from {resume}")

@@ -1,4 +1,4 @@
-"""Per-epoch pseudo-labels: extract -> gather -> cluster on rank 0 -> broadcast (method.md section 3)."""
+"""Per-epoch pseudo-labels: extract -> gather -> sharded kNN -> cluster on rank 0 -> broadcast (method.md section 3)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from itkm_lightning.clustering import cluster
 from itkm_lightning.config import ClusteringConfig
-from itkm_lightning.distributed import broadcast_tensor
+from itkm_lightning.distributed import broadcast_tensor, rank_and_world_size, sharded_knn
 
 
 class EmptyClusteringError(RuntimeError):
@@ -52,26 +52,60 @@ def block_quality(labels: np.ndarray, identities: list[str]) -> dict[str, float]
     }
 
 
-def cluster_blocks(features: np.ndarray, block_of_index: np.ndarray, cfg: ClusteringConfig) -> np.ndarray:
-    """Cluster each block separately; labels made globally unique (block after block), -1 = outlier."""
-    labels = np.full(len(features), -1, dtype=np.int64)
-    offset = 0
-    for block in np.unique(block_of_index):
-        idx = np.flatnonzero(block_of_index == block)
-        k1 = cfg.k1
+def _block_indices(block_of_index: np.ndarray, k1: int) -> list[np.ndarray]:
+    """Sample indices of every block, checked to hold more than k1 images (raised on every rank alike)."""
+    blocks = [np.flatnonzero(block_of_index == block) for block in np.unique(block_of_index)]
+    for idx in blocks:
         if len(idx) <= k1:
             raise ValueError(
                 f"a (scenario, group) block has {len(idx)} training images but clustering k1={k1} needs more; "
                 "lower model.clustering.k1 (and k2)"
             )
+    return blocks
+
+
+def cluster_blocks(features: np.ndarray, block_of_index: np.ndarray, cfg: ClusteringConfig,
+                   neighbours: list[np.ndarray] | None = None) -> np.ndarray:
+    """Cluster each block separately; labels made globally unique (block after block), -1 = outlier.
+
+    ``neighbours``: precomputed k1-nearest-neighbour indices of every block (block order, indices local to
+    the block), as :func:`block_neighbours` returns; searched here when None.
+    """
+    labels = np.full(len(features), -1, dtype=np.int64)
+    offset = 0
+    for b, idx in enumerate(_block_indices(block_of_index, cfg.k1)):
         local = cluster(features[idx], method=cfg.method, eps=cfg.eps, min_samples=cfg.min_samples,
-                        k1=cfg.k1, k2=cfg.k2, backend=cfg.backend)
+                        k1=cfg.k1, k2=cfg.k2, backend=cfg.backend,
+                        ranks=None if neighbours is None else neighbours[b])
         found = local >= 0
         if found.any():
             _, dense = np.unique(local[found], return_inverse=True)
             labels[idx[found]] = dense + offset
             offset += int(dense.max()) + 1
     return labels
+
+
+def block_neighbours(features: torch.Tensor, block_of_index: np.ndarray, cfg: ClusteringConfig,
+                     device: torch.device | str = "cpu") -> list[np.ndarray]:
+    """The k1 nearest neighbours inside every block, the search sharded over the DDP ranks (all ranks call)."""
+    return [sharded_knn(features[torch.from_numpy(idx)], cfg.k1, backend=cfg.backend, device=device)[1]
+            for idx in _block_indices(block_of_index, cfg.k1)]
+
+
+def cluster_blocks_distributed(features: torch.Tensor, block_of_index: np.ndarray, cfg: ClusteringConfig,
+                               device: torch.device | str = "cpu") -> np.ndarray:
+    """:func:`cluster_blocks` for every rank: kNN sharded over the ranks, graph + DBSCAN on rank 0, broadcast.
+
+    Every rank passes the same (gathered) ``features`` and gets the same labels, equal to the
+    single-process ``cluster_blocks``. The kNN search, the O(N^2 d) part, is split over the ranks; the
+    sparse Jaccard graph and DBSCAN (O(N k)) run once, on rank 0, while the others wait in the broadcast
+    (the process-group timeout bounds that wait: README, "Scaling out").
+    """
+    neighbours = block_neighbours(features, block_of_index, cfg, device=device)
+    labels = None
+    if rank_and_world_size()[0] == 0:
+        labels = torch.from_numpy(cluster_blocks(features.numpy(), block_of_index, cfg, neighbours))
+    return broadcast_tensor(labels).numpy()
 
 
 class PseudoLabelCallback(L.Callback):
@@ -120,10 +154,7 @@ class PseudoLabelCallback(L.Callback):
         start = time.perf_counter()
         features = pl_module.extract(dm.cluster_dataloader())  # every rank: all features, dataset order
         extracted = time.perf_counter() - start
-        labels = None
-        if trainer.is_global_zero:
-            labels = torch.from_numpy(cluster_blocks(features.numpy(), dm.block_of_index, self.cfg))
-        labels = broadcast_tensor(labels).numpy()
+        labels = cluster_blocks_distributed(features, dm.block_of_index, self.cfg, device=pl_module.device)
         stats = self._log_quality(trainer, labels)
         rank_zero_info(
             f"pseudo-labels ({when}): extracted {len(features)} features in {extracted:.1f}s, "
@@ -198,7 +229,8 @@ class PseudoLabelCallback(L.Callback):
             ids = [dm.train_samples[i].identity for i in idx]
             stats[f"{scenario}-g{group}"] = block_quality(labels[idx], ids)
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "blocks": stats})
-        if trainer.logger is not None and trainer.is_global_zero:
+        if trainer.is_global_zero:
             flat = {f"pseudo/{name}/{k}": v for name, s in stats.items() for k, v in s.items()}
-            trainer.logger.log_metrics(flat, step=trainer.global_step)
+            for logger in trainer.loggers:  # CSV and, when enabled, W&B
+                logger.log_metrics(flat, step=trainer.global_step)
         return stats
