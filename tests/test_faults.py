@@ -45,7 +45,7 @@ def fake_run(tmp_path, block_sizes):
                for i, b in enumerate(block_of_index)]
     dm = SimpleNamespace(block_of_index=block_of_index, blocks=names, train_samples=samples,
                          cluster_dataloader=lambda: None, set_pseudo_labels=lambda labels: setattr(dm, "labels", labels))
-    trainer = FakeTrainer(datamodule=dm, is_global_zero=True, logger=None, global_step=12, current_epoch=3,
+    trainer = FakeTrainer(datamodule=dm, is_global_zero=True, logger=None, loggers=[], global_step=12, current_epoch=3,
                           checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path / "checkpoints")), saved=[])
     memory = SimpleNamespace(reset=lambda *a: None)
     module = SimpleNamespace(extract=lambda loader: torch.zeros(len(samples), 4), memory=memory, device="cpu")

@@ -106,7 +106,7 @@ def test_a_plotting_failure_only_warns(tmp_path, monkeypatch):
     monkeypatch.setattr(run_figures, "write_run_figures", broken)
     fake_cli = SimpleNamespace(run_dir=tmp_path, trainer=None)
     with pytest.warns(UserWarning, match="figures were not written .*no display"):
-        cli.ITKMCLI._write_figures(fake_cli, None, None)
+        cli.ITKMCLI._write_figures(fake_cli, None, None, None)
 
 
 # ------------------------------------------------------------------ report

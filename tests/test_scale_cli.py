@@ -115,8 +115,8 @@ def test_cli_builds_a_resumable_wandb_logger_next_to_csv(synthetic_root, tmp_pat
     args = [*smoke_args(synthetic_root, run_dir), "--wandb.mode=offline", "--wandb.project=itkm-test",
             "--wandb.tags=[ddp,smoke]"]
     cli = ITKMCLI(args=args, run=False)
-    kinds = [type(logger) for logger in cli.trainer.loggers]
-    assert kinds == [CSVLogger, WandbLogger]
+    assert [isinstance(logger, kind) for logger, kind in zip(cli.trainer.loggers, [CSVLogger, WandbLogger])] \
+        == [True, True] and len(cli.trainer.loggers) == 2
     wandb = cli.trainer.loggers[1]
     init = wandb._wandb_init  # what wandb.init will get; the run itself starts lazily, at the first log
     assert init["id"] == (run_dir / WANDB_ID_FILE).read_text().strip()

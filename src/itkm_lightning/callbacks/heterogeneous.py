@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback, cluster_blocks
-from itkm_lightning.distributed import broadcast_tensor
+from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback, cluster_blocks_distributed
 
 
 def majority_identity(labels: np.ndarray, identity: np.ndarray, num_clusters: int) -> np.ndarray:
@@ -95,10 +94,8 @@ class HeterogeneousMatchingCallback(PseudoLabelCallback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         features = pl_module.extract(dm.cluster_dataloader())
-        labels = None
-        if trainer.is_global_zero:
-            labels = torch.from_numpy(cluster_blocks(features.numpy(), dm.block_of_index, self.cfg))
-        pl_module.final_labels = broadcast_tensor(labels)
+        pl_module.final_labels = torch.from_numpy(
+            cluster_blocks_distributed(features, dm.block_of_index, self.cfg, device=pl_module.device))
         final = pl_module.final_labels
         rank_zero_info(f"final labels (handoff): {len(final.unique()) - int((final < 0).any())} clusters, "
                        f"{int((final < 0).sum())} outliers")

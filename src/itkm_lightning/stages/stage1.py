@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from itkm_lightning.config import ClusteringConfig, OptimConfig
-from itkm_lightning.distributed import all_gather_variable, broadcast_tensor, is_rank_zero
+from itkm_lightning.distributed import all_gather_variable
 from itkm_lightning.models.clip import BackboneConfig
 from itkm_lightning.models.losses import cluster_nce
 from itkm_lightning.models.memory import ClusterMemory
@@ -79,13 +79,11 @@ class Stage1(ReIDStage):
         The last epoch trains on labels from before it, so the labels Stage II learns text for come from one more
         extraction (every rank) and clustering (rank 0, broadcast), exactly as between epochs.
         """
-        from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError, cluster_blocks
+        from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError, cluster_blocks_distributed
 
         features = self.extract_after_fit(datamodule.cluster_dataloader())
-        labels = None
-        if is_rank_zero():
-            labels = torch.from_numpy(cluster_blocks(features.numpy(), datamodule.block_of_index, self.clustering))
-        labels = broadcast_tensor(labels).long().cpu()
+        labels = torch.from_numpy(cluster_blocks_distributed(features, datamodule.block_of_index, self.clustering,
+                                                             device=self.device)).long().cpu()
         if not bool((labels >= 0).any()):
             raise EmptyClusteringError(
                 f"the final re-clustering of Stage I found no cluster (eps={self.clustering.eps}); raise "
