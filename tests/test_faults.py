@@ -105,11 +105,11 @@ def test_all_outliers_stop_the_cli_then_a_wider_eps_resumes(tmp_path, synthetic_
     err = capsys.readouterr().err
     first = err.strip().splitlines()[0]
     assert "Traceback" not in err and first.startswith("itkm: error: no (scenario, group) block")
-    assert "--model.clustering.eps 0.11" in err and (run_dir / "checkpoints" / "stopped.ckpt").is_file()
+    assert "--model.clustering.eps 0.11" in err and (run_dir / "stage1" / "checkpoints" / "stopped.ckpt").is_file()
     caplog.clear()
     with caplog.at_level(logging.INFO):
         main(args)  # the suggested fix: another eps; the same run continues from the saved state
-    assert f"resuming stage1 from {run_dir / 'checkpoints' / 'stopped.ckpt'}" in caplog.text
+    assert f"resuming stage1 from {run_dir / 'stage1' / 'checkpoints' / 'stopped.ckpt'}" in caplog.text
     assert "stage1" in json.loads((run_dir / "results.json").read_text())
 
 
@@ -136,7 +136,7 @@ def test_nan_loss_stops_naming_step_and_images_and_keeps_the_good_checkpoint(tmp
     first = err.strip().splitlines()[0]
     assert "Traceback" not in err and "loss is nan at step 4 (epoch 1)" in first  # 3 steps per epoch
     assert str(synthetic_root) in first and ".png" in first and "lower model.optim.lr" in first
-    ckpts = run_dir / "checkpoints"
+    ckpts = run_dir / "stage1" / "checkpoints"
     assert (ckpts / "nonfinite-step4.ckpt").is_file()
     assert resume_checkpoint(ckpts) == (ckpts / "epoch=000.ckpt").resolve()  # the last good one, untouched
 

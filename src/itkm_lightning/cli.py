@@ -151,10 +151,26 @@ class ITKMCLI(LightningCLI):
         ):
             callbacks.append(RichProgressBar())
         kwargs["callbacks"] = callbacks
+        if stage != "stage1":
+            kwargs.update(self._fresh_strategy())
         # Pseudo-label batches need our own rank-aware sampler and a fresh loader after every re-clustering.
         kwargs["use_distributed_sampler"] = False
         kwargs["reload_dataloaders_every_n_epochs"] = 1
         return super().instantiate_trainer(**kwargs)
+
+    def _fresh_strategy(self) -> dict:
+        """A new instance of a configured strategy object for a later stage's Trainer: Lightning binds a strategy
+        to the accelerator of the Trainer that used it, so Stage I's cannot be handed to the next one."""
+        from jsonargparse import ArgumentParser, Namespace
+        from lightning.pytorch.strategies import Strategy
+
+        section = (self.config[self.subcommand] if self.subcommand else self.config).get("trainer") or {}
+        strategy = section.get("strategy")
+        if not (isinstance(strategy, Namespace) and strategy.get("class_path")):
+            return {}  # a name such as "ddp" builds a fresh strategy per Trainer anyway
+        parser = ArgumentParser()
+        parser.add_subclass_arguments(Strategy, "strategy")
+        return {"strategy": parser.instantiate_classes(Namespace(strategy=strategy)).strategy}
 
     # ------------------------------------------------------------ fit
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs: Any) -> None:
