@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from itkm_lightning.fileio import current_umask
+from itkm_lightning.fileio import atomic_write
 
 REQUIRED_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
 """What a Lightning training checkpoint must hold to be resumed from."""
@@ -55,21 +53,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~current_umask())
-            if path.is_symlink():
-                path.unlink()  # replacing a `last.ckpt` link must not write through it into an epoch file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def rolling_checkpoints(dirpath: str | Path) -> ModelCheckpoint:

@@ -7,14 +7,12 @@ bool, None): a stage that puts anything else in is told so when it saves, not wh
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
-from itkm_lightning.fileio import current_umask
+from itkm_lightning.fileio import atomic_write
 
 HANDOFF_FILE = "handoff.pt"
 _PLAIN = (str, int, float, bool, type(None))
@@ -46,19 +44,7 @@ def _check_contents(value: object, where: str) -> None:
 def save_handoff(path: str | Path, handoff: dict) -> None:
     """Write atomically: a temporary file in the same folder, renamed over ``path`` once complete."""
     _check_contents(handoff, "handoff")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(handoff, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(handoff, handle))
 
 
 def load_handoff(path: str | Path) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from itkm_lightning.data.schema import GROUP_NAMES, SCENARIOS
+from itkm_lightning.fileio import atomic_write
 
 QUALITY_METRICS = (("num_clusters", "clusters"), ("num_outliers", "outliers"), ("ari", "adjusted Rand index"),
                    ("nmi", "normalised mutual information"))
@@ -29,12 +30,8 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    tmp.replace(path)  # a killed run never leaves half a PNG under the final name
-    return path
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))  # never half a PNG under the name
+    return Path(path)
 
 
 THUMB = (64, 128)  # (W, H) of a person crop in the ranked-list grid
@@ -72,12 +69,8 @@ def ranked_list_grid(rows: Sequence[RankedRow], path: str | Path, title: str = "
             y += CAPTION
             draw.rectangle([x, y, x + THUMB[0] + 2 * BORDER - 1, y + THUMB[1] + 2 * BORDER - 1], fill=colour)
             canvas.paste(load_rgb(image_path).resize(THUMB, Image.BICUBIC), (x + BORDER, y + BORDER))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    canvas.save(tmp)
-    tmp.replace(path)  # a killed run never leaves half a PNG under the final name
-    return path
+    atomic_write(path, lambda handle: canvas.save(handle, format="PNG"))  # never half a PNG under the name
+    return Path(path)
 
 
 def read_pseudo_label_log(metrics_csv: str | Path) -> dict[str, dict[str, list[float]]]:
