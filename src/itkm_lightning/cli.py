@@ -187,7 +187,10 @@ class ITKMCLI(LightningCLI):
         try:
             finished = pipeline.run(only=selected_stage(cfg.get("stage")), ckpt_path=ckpt_path)
             if finished and pipeline.final_module is not None and pipeline.final_trainer.is_global_zero:
-                self._write_figures(pipeline.final_module, datamodule, pipeline.final_trainer)
+                from itkm_lightning.results import Timings
+
+                with Timings(self.run_dir / "timings.json").part("figures"):
+                    self._write_figures(pipeline.final_module, datamodule, pipeline.final_trainer)
         finally:
             finish_wandb()  # one W&B run per run directory; a later run in this process starts its own
 
