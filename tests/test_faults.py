@@ -90,7 +90,7 @@ def test_changed_clustering_settings_recluster_on_resume():
 def test_k1_larger_than_a_block_names_the_setting():
     from itkm_lightning.callbacks.pseudo_labels import cluster_blocks
 
-    with pytest.raises(ValueError, match="has 5 training images but clustering k1=6.*lower model.clustering.k1"):
+    with pytest.raises(ValueError, match="has 5 training images but clustering k1=6.*lower clustering.k1.*model.clustering for Stage I, stage3.clustering for Stage III"):
         cluster_blocks(np.eye(5, 8, dtype=np.float32), np.zeros(5, dtype=np.int64), ClusteringConfig(k1=6, k2=3))
 
 

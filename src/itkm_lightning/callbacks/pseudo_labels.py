@@ -59,7 +59,8 @@ def _block_indices(block_of_index: np.ndarray, k1: int) -> list[np.ndarray]:
         if len(idx) <= k1:
             raise ValueError(
                 f"a (scenario, group) block has {len(idx)} training images but clustering k1={k1} needs more; "
-                "lower model.clustering.k1 (and k2)"
+                "lower clustering.k1 (and k2) of the stage that clusters: model.clustering for Stage I, "
+                "stage3.clustering for Stage III"
             )
     return blocks
 
@@ -114,8 +115,9 @@ class PseudoLabelCallback(L.Callback):
     The labels are part of the checkpoint, so a resumed run trains on the same labels it stopped with.
     """
 
-    def __init__(self, clustering: ClusteringConfig) -> None:
+    def __init__(self, clustering: ClusteringConfig, config_key: str = "model.clustering") -> None:
         self.cfg = clustering
+        self.config_key = config_key  # where users set these values, for the advice in error messages
         self.labels: np.ndarray | None = None
         self.history: list[dict] = []
         self._stored_cfg: dict | None = None  # the clustering settings that made the checkpoint's labels
@@ -190,17 +192,17 @@ class PseudoLabelCallback(L.Callback):
 
         path = checkpoint_dir(trainer) / STOPPED_CHECKPOINT
         trainer.save_checkpoint(path)  # every rank calls it (a collective); rank 0 writes
-        eps = self.cfg.eps
+        eps, key = self.cfg.eps, self.config_key
         counts = ", ".join(f"{k}: {v['num_clusters']} clusters / {v['num_outliers']} outliers" for k, v in stats.items())
         if all(v["num_clusters"] == 0 for v in stats.values()):
             advice = (f"every image is an outlier: the features are too spread for eps={eps}; raise "
-                      f"model.clustering.eps (e.g. --model.clustering.eps {min(0.95, eps + 0.1):.2f}) or lower "
+                      f"{key}.eps (e.g. --{key}.eps {min(0.95, eps + 0.1):.2f}) or lower "
                       f"min_samples (now {self.cfg.min_samples})")
         elif all(v["num_clusters"] <= 1 for v in stats.values()) and any(v["num_clusters"] == 1 for v in stats.values()):
-            advice = (f"blocks merge into at most one cluster: eps={eps} is too wide; lower model.clustering.eps "
-                      f"(e.g. --model.clustering.eps {max(0.05, eps - 0.1):.2f})")
+            advice = (f"blocks merge into at most one cluster: eps={eps} is too wide; lower {key}.eps "
+                      f"(e.g. --{key}.eps {max(0.05, eps - 0.1):.2f})")
         else:
-            advice = (f"adjust model.clustering.eps (now {eps}): raise it for blocks without clusters, lower it "
+            advice = (f"adjust {key}.eps (now {eps}): raise it for blocks without clusters, lower it "
                       "for blocks merged into one")
         raise EmptyClusteringError(
             f"no (scenario, group) block has two pseudo-label clusters, so there is nothing to train on ({counts}); "

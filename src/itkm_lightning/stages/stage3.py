@@ -192,7 +192,7 @@ class Stage3(ReIDStage):
 
         if self.trainer.state.fn != "fit":
             return []
-        return [HeterogeneousMatchingCallback(self.clustering)]
+        return [HeterogeneousMatchingCallback(self.clustering, config_key="stage3.clustering")]
 
     # ---------------------------------------------------------------- per-epoch state
     def bind_training_set(self, datamodule) -> None:
