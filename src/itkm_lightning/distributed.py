@@ -36,10 +36,8 @@ def broadcast_tensor(tensor: torch.Tensor | None, src: int = 0, device: torch.de
     return obj[0].to(device)
 
 
-def is_rank_zero() -> bool:
-    """True on the process that does rank-0-only work (the only one without DDP)."""
-    return not is_distributed() or dist.get_rank() == 0
 def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
     if not is_distributed():
         return 0, 1
     return dist.get_rank(), dist.get_world_size()
