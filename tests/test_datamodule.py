@@ -64,6 +64,8 @@ def test_bad_values_are_rejected_with_the_key():
         ReIDDataModule(sources=[SyntheticBenchmark(preset="tiny")], num_instances=0)
     with pytest.raises(ValueError, match="sources"):
         ReIDDataModule(sources=[])
+    with pytest.raises(ValueError, match="highres_downsample"):
+        ReIDDataModule(sources=[SyntheticBenchmark(preset="tiny")], highres_downsample=1.5)
 
 
 def test_multi_trial_benchmarks_average_over_trials():
@@ -85,3 +87,34 @@ def test_multi_trial_benchmarks_average_over_trials():
     assert evaluate_benchmark(one, feats)["R1"] == 1.0
     # trial 2: gallery (1,cam2)=[0.6,0.8], (2,cam2)=[0.8,0.6]: both queries rank the wrong id first
     assert evaluate_benchmark(two, feats)["R1"] == 0.5
+
+
+def test_resolution_augmentation_blurs_only_when_drawn():
+    import torch
+    from PIL import Image
+
+    from itkm_lightning.data.transforms import RandomDownUp
+
+    stripes = np.zeros((64, 32, 3), dtype=np.uint8)
+    stripes[::2] = 255  # one-pixel stripes: the finest detail an image can hold
+    image = Image.fromarray(stripes)
+    assert RandomDownUp(p=0.0)(image) is image
+    torch.manual_seed(0)
+    degraded = np.asarray(RandomDownUp(p=1.0)(image), dtype=np.float64)
+    assert degraded.shape == stripes.shape
+    # a 2-4x shrink cannot keep one-pixel stripes: they average towards grey
+    assert degraded.std() < 0.25 * stripes.std()
+
+
+def test_resolution_augmentation_applies_to_high_resolution_cr_images_only(synthetic_root):
+    dm = ReIDDataModule(sources=[SyntheticBenchmark(preset="tiny", seed=0)], root=str(synthetic_root),
+                        image_size=(64, 32), num_clusters_per_batch=2, num_instances=2, iters_per_epoch=2,
+                        test_batch_size=16, num_workers=0, highres_downsample=1.0)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.set_pseudo_labels(np.arange(len(dm.train_samples)) // 2)
+    dataset = dm.train_dataloader().dataset
+    assert set(dataset.extra_transforms) == {("cr", 0)}
+    steps = [type(step).__name__ for step in dataset.extra_transforms[("cr", 0)].transforms]
+    assert "RandomDownUp" in steps
+    assert "RandomDownUp" not in [type(step).__name__ for step in dataset.transform.transforms]

@@ -122,12 +122,31 @@ def test_captions_are_coarse_and_varied():
         seen = visibility("visible", identity, outfit, 128)
         captions = make_captions(identity, outfit, seen, rng, 8)
         vocabulary |= set().union(*(caption_words(c) for c in captions))
-    # Colour families only: no exact shades, no skin tones, no hair colours, no body measurements.
-    fine_words = {"navy", "beige", "pink", "orange", "teal", "pale", "medium", "tan", "dark", "light", "blonde",
-                  "auburn", "tall", "small", "skin", "shoes"}
+    # Everyday colour names only: no skin tones, no exact hair shades, no body measurements, no shoes.
+    fine_words = {"pale", "medium", "tan", "light", "auburn", "tall", "small", "skin", "shoes", "round", "oval"}
     assert not vocabulary & fine_words
-    assert {"red", "blue", "striped", "checked", "backpack", "skirt", "trousers"} <= vocabulary
+    assert {"navy", "red", "striped", "checked", "backpack", "skirt", "trousers", "blonde", "dark"} <= vocabulary
     assert len(vocabulary) < 60
+
+
+def test_hair_and_bag_colours_are_the_true_families():
+    from itkm_lightning.pretrain.captions import CLOTHES_COLOUR_WORDS, HAIR_COLOUR_FAMILIES
+
+    hair_named = bag_named = 0
+    for identity, outfit, rng in random_people(200, seed=5):
+        seen = visibility("visible", identity, outfit, 128)
+        for caption in make_captions(identity, outfit, seen, rng, 4, keep=1.0):
+            words = caption.rstrip(".").split()
+            for i, word in enumerate(words[:-1]):
+                if words[i + 1] == "hair" and word in set(HAIR_COLOUR_FAMILIES.values()):
+                    assert word == HAIR_COLOUR_FAMILIES[identity.hair_colour.name], caption
+                    hair_named += 1
+                if words[i + 1] in {"backpack", "handbag", "shoulder"} and word in set(CLOTHES_COLOUR_WORDS.values()):
+                    assert word == CLOTHES_COLOUR_WORDS[identity.bag_colour.name], caption
+                    bag_named += 1
+            if identity.hair_style == "shaved":
+                assert "head" in caption or "hair" not in caption, caption
+    assert hair_named > 100 and bag_named > 100
 
 
 # ------------------------------------------------------------------------------------------ corpus

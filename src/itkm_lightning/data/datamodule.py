@@ -42,6 +42,8 @@ class ReIDDataModule(L.LightningDataModule):
         padding: pad-then-random-crop size in pixels.
         erasing: random-erasing probability.
         visible_grayscale: random-grayscale probability for visible images of ``vi`` (colour augmentation).
+        highres_downsample: probability that a high-resolution training image of ``cr`` is shrunk 2-4x and
+            resized back (resolution augmentation, the ``cr`` counterpart of ``visible_grayscale``).
         clothes_masker: how the clothing-agnostic view of ``cc`` is made: ``auto`` uses masks when present,
             ``fallback`` always uses the parsing-free grey-and-blur band.
         clothes_mask_format: ``binary`` masks (white = clothes, as the synthetic benchmark writes) or
@@ -66,6 +68,7 @@ class ReIDDataModule(L.LightningDataModule):
         padding: int = 10,
         erasing: float = 0.5,
         visible_grayscale: float = 0.0,
+        highres_downsample: float = 0.0,
         clothes_masker: Literal["auto", "mask", "fallback"] = "auto",
         clothes_mask_format: Literal["binary", "parsing"] = "binary",
         seed: int = 0,
@@ -78,6 +81,10 @@ class ReIDDataModule(L.LightningDataModule):
                             ("iters_per_epoch", iters_per_epoch), ("test_batch_size", test_batch_size)):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1; got {value}")
+        for name, value in (("flip", flip), ("erasing", erasing), ("visible_grayscale", visible_grayscale),
+                            ("highres_downsample", highres_downsample)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.{name} is a probability and must be in [0, 1]; got {value}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0; got {num_workers}")
         if any(s < 16 for s in image_size):
@@ -92,6 +99,7 @@ class ReIDDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = dict(flip=flip, padding=padding, erasing=erasing)
         self.visible_grayscale = visible_grayscale
+        self.highres_downsample = highres_downsample
         self.masker = ClothesMasker(mode=clothes_masker, mask_format=clothes_mask_format)
         self.seed = seed
         self.on_unreadable = on_unreadable
@@ -194,6 +202,8 @@ class ReIDDataModule(L.LightningDataModule):
         extra = {}
         if self.visible_grayscale > 0:
             extra[("vi", 0)] = train_transform(self.image_size, grayscale=self.visible_grayscale, **self.augment)
+        if self.highres_downsample > 0:
+            extra[("cr", 0)] = train_transform(self.image_size, downsample=self.highres_downsample, **self.augment)
         dataset = ReIDImageDataset(self.train_samples, base, pseudo_labels=self.pseudo_labels,
                                    view_transform=self._clothing_agnostic_view, extra_transforms=extra)
         # Worker seeds from (seed, epoch, rank), not from the global generator: a resumed run augments alike.

@@ -19,6 +19,28 @@ def test_transform(size: tuple[int, int]) -> v2.Compose:
     return v2.Compose([v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), *_to_normalized_tensor()])
 
 
+class RandomDownUp(torch.nn.Module):
+    """With probability ``p``, shrink by a random factor in ``factors`` and resize back (bicubic, antialiased).
+
+    Written here because torchvision has no "degrade the resolution" transform; the degradation is the
+    one the MLR-* cross-resolution benchmarks use to make their low-resolution images (protocols.md).
+    """
+
+    def __init__(self, p: float, factors: tuple[float, float] = (2.0, 4.0)) -> None:
+        super().__init__()
+        self.p = p
+        self.factors = factors
+
+    def forward(self, image):
+        if torch.rand(()) >= self.p:
+            return image
+        height, width = v2.functional.get_size(image)
+        factor = float(torch.empty(()).uniform_(*self.factors))
+        small = (max(1, round(height / factor)), max(1, round(width / factor)))
+        image = v2.functional.resize(image, list(small), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        return v2.functional.resize(image, [height, width], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
 def train_transform(
     size: tuple[int, int],
     *,
@@ -26,11 +48,15 @@ def train_transform(
     padding: int = 10,
     erasing: float = 0.5,
     grayscale: float = 0.0,
+    downsample: float = 0.0,
 ) -> v2.Compose:
-    """The augmentation of method.md section 4; ``grayscale`` is the visible-image channel augmentation."""
+    """The augmentation of method.md section 4; ``grayscale`` is the visible-image channel augmentation and
+    ``downsample`` the high-resolution images' resolution augmentation (docs/design.md)."""
     steps = [v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
     if grayscale > 0:
         steps.append(v2.RandomGrayscale(p=grayscale))
+    if downsample > 0:
+        steps.append(RandomDownUp(p=downsample))
     if flip > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip))
     if padding > 0:

@@ -1,10 +1,11 @@
 """Captions for the pretraining corpus, generated from the attributes that drew each picture.
 
 The captions describe a person at the level of *coarse* attributes, the way web captions describe
-people for real CLIP: a colour family for the top and the bottom ("red", "black", ...), whether the
-top is striped or checked, sleeve length, trousers or skirt, the kind of bag and the hair length.
-They never name identity-level details (skin tone, height, exact shades, shoes), and every phrase
-is dropped at random, so many people share one caption (docs/pretraining.md says why).
+people for real CLIP: an everyday colour name for the top, the bottom and the bag ("navy", "red",
+...), whether the top is striped or checked, sleeve length, trousers or skirt, the kind of bag, the
+hair length or style and a hair colour family ("dark", "brown", "blonde", "grey"). They never name
+identity-level details (skin tone, height, body build, head shape, shoes, the colour of a pattern),
+and colour, pattern and hair phrases are dropped at random (docs/pretraining.md says why and how often).
 
 A caption only states what its image can show:
 
@@ -33,26 +34,13 @@ from itkm_lightning.data.synthetic_render import (
 Condition = Literal["visible", "infrared", "lowres"]
 CONDITIONS: tuple[Condition, ...] = ("visible", "infrared", "lowres")
 
-COLOUR_FAMILIES: dict[str, str] = {
-    "black": "black",
-    "navy": "black",
-    "white": "white",
-    "beige": "white",
-    "grey": "grey",
-    "red": "red",
-    "pink": "purple",
-    "purple": "purple",
-    "orange": "yellow",
-    "yellow": "yellow",
-    "green": "green",
-    "teal": "green",
-    "blue": "blue",
-    "brown": "brown",
-}
-"""Palette name -> the coarse colour word a caption uses (14 shades become 9 families)."""
+CLOTHES_COLOUR_WORDS: dict[str, str] = {name: name for name in CLOTHES_PALETTE}
+"""Palette name -> the colour word a caption uses for a garment or a bag: the 14 everyday colour names
+themselves ("navy", "beige", "teal", ...). Calibration run 3 folded them into 9 families; that backbone
+told too few people apart (docs/pretraining.md, "Calibration history")."""
 
 COLOUR_WORDS: frozenset[str] = frozenset(
-    {*COLOUR_FAMILIES.values(), *CLOTHES_PALETTE, *SKIN_PALETTE, *HAIR_PALETTE, "dark", "light", "blonde"}
+    {*CLOTHES_COLOUR_WORDS.values(), *CLOTHES_PALETTE, *SKIN_PALETTE, *HAIR_PALETTE, "dark", "light", "blonde"}
     | {word for name in HAIR_PALETTE for word in name.split()}
 )
 """Every word that names a colour or a brightness, family or shade; none may appear in an infrared caption."""
@@ -88,6 +76,15 @@ BAG_PHRASES = {
     "shoulder": "with a shoulder bag",
 }
 HAIR_PHRASES = {"short": "short hair", "long": "long hair", "bun": "hair in a bun", "shaved": "a shaved head"}
+HAIR_COLOUR_FAMILIES: dict[str, str] = {
+    "black": "dark",
+    "dark brown": "dark",
+    "brown": "brown",
+    "auburn": "brown",
+    "blonde": "blonde",
+    "grey": "grey",
+}
+"""Hair palette name -> the coarse word a caption uses (6 shades become 4 families)."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +124,7 @@ def _kept(rng: np.random.Generator, probability: float = KEEP_PROBABILITY) -> bo
 def _upper_phrase(outfit: Outfit, seen: Visibility, rng: np.random.Generator, keep: float) -> str:
     words = []
     if seen.colour and _kept(rng, 0.8):
-        words.append(COLOUR_FAMILIES[outfit.upper.name])
+        words.append(CLOTHES_COLOUR_WORDS[outfit.upper.name])
     if seen.pattern and _kept(rng, 0.5):
         words.append(PATTERN_ADJECTIVES[outfit.pattern])
     if _kept(rng, keep):
@@ -141,15 +138,28 @@ def _upper_phrase(outfit: Outfit, seen: Visibility, rng: np.random.Generator, ke
 def _lower_phrase(outfit: Outfit, seen: Visibility, rng: np.random.Generator) -> str:
     noun = "trousers" if outfit.lower_kind == "trousers" else "a skirt"
     if seen.colour and _kept(rng, 0.8):
-        colour = COLOUR_FAMILIES[outfit.lower.name]
+        colour = CLOTHES_COLOUR_WORDS[outfit.lower.name]
         return f"{colour} trousers" if outfit.lower_kind == "trousers" else f"a {colour} skirt"
     return noun
 
 
-def _hair_phrase(identity: Identity, seen: Visibility) -> str:
-    if seen.fine_detail:
-        return HAIR_PHRASES[identity.hair_style]
-    return "long hair" if identity.hair_style == "long" else "short hair"
+def _hair_phrase(identity: Identity, seen: Visibility, rng: np.random.Generator) -> str:
+    phrase = HAIR_PHRASES[identity.hair_style] if seen.fine_detail else (
+        "long hair" if identity.hair_style == "long" else "short hair")
+    # A shaved head shows skin, not hair colour; a colour word needs a colour picture.
+    if seen.colour and identity.hair_style != "shaved" and _kept(rng, 0.8):
+        colour = HAIR_COLOUR_FAMILIES[identity.hair_colour.name]
+        phrase = phrase.replace("hair", f"{colour} hair", 1)
+    return phrase
+
+
+def _bag_phrase(identity: Identity, seen: Visibility, rng: np.random.Generator) -> str:
+    phrase = BAG_PHRASES[identity.bag]
+    if seen.colour and identity.bag_colour is not None and _kept(rng, 0.8):
+        kind = phrase.split(" a ", 1)[1]
+        colour = CLOTHES_COLOUR_WORDS[identity.bag_colour.name]
+        phrase = phrase.replace(f" a {kind}", f" a {colour} {kind}", 1)
+    return phrase
 
 
 def make_caption(
@@ -168,9 +178,9 @@ def make_caption(
         clothes.append(_lower_phrase(outfit, seen, rng))
     extras = []
     if _kept(rng, keep):
-        extras.append(BAG_PHRASES[identity.bag])
+        extras.append(_bag_phrase(identity, seen, rng))
     if _kept(rng, keep * 2 / 3):
-        extras.append("with " + _hair_phrase(identity, seen))
+        extras.append("with " + _hair_phrase(identity, seen, rng))
     if not clothes and not extras:  # say at least one thing: the top, which every image shows
         clothes.append(_upper_phrase(outfit, seen, rng, keep))
     if len(clothes) == 2 and _kept(rng, 0.5):

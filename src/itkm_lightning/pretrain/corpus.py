@@ -35,7 +35,7 @@ from itkm_lightning.data import synthetic_render as render
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
 from itkm_lightning.pretrain.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
 
-CORPUS_VERSION = "3"
+CORPUS_VERSION = "5"
 """Bump when the pictures or captions change for the same spec, so cached corpora are not reused."""
 
 CORPUS_STREAM_SALT = 0x50524554  # "PRET": keeps every corpus stream apart from the benchmark's
@@ -91,7 +91,7 @@ class CorpusSpec(BaseModel):
 CORPUS_PRESETS: dict[str, CorpusSpec] = {
     "tiny": CorpusSpec(identities=4, outfits=1, visible=1, infrared=1, lowres=1, captions_per_image=2,
                        image_height=64, image_width=32),
-    "demo": CorpusSpec(),
+    "demo": CorpusSpec(caption_keep_probability=1.0),  # conf/pretrain.yaml's corpus
 }
 
 
@@ -225,7 +225,9 @@ def render_corpus_image(
             "sleeves": outfit.sleeves,
             "lower_kind": outfit.lower_kind,
             "bag": identity.bag,
+            "bag_colour": None if identity.bag_colour is None else identity.bag_colour.name,
             "hair_style": identity.hair_style,
+            "hair_colour": identity.hair_colour.name,
             "downsample": round(downsample, 4),
             "colour_visible": seen.colour,
             "pattern_visible": seen.pattern,
