@@ -51,7 +51,8 @@ class ITKMArgumentParser(LightningArgumentParser):
 
 
 class ITKMCLI(LightningCLI):
-    """``itkm fit`` (the three stages, pipeline.py) and ``validate|test`` (the Stage I module ``model:``)."""
+    """``itkm fit`` (the three stages and the optional supervised reference, pipeline.py) and ``validate|test``
+    (the Stage I module ``model:``)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         from itkm_lightning.data.datamodule import ReIDDataModule
@@ -82,12 +83,16 @@ class ITKMCLI(LightningCLI):
             help="where the run writes checkpoints, logs and results.json (default: runs/<config name>)",
         )
         parser.add_argument("--stage", type=Literal[STAGE_CHOICES], default="all",
-                            help="fit: train one stage only (its predecessors must have finished); default all")
+                            help="fit: train one stage only (its predecessors must have finished; the supervised "
+                                 "reference needs none); default all")
         parser.add_argument("--epochs", type=StageEpochs, default=StageEpochs(),
                             help="training epochs per stage (unset: trainer.max_epochs)")
         add_stage_arguments(parser)
-        from itkm_lightning.config import WandbConfig
+        from itkm_lightning.config import SupervisedConfig, WandbConfig
 
+        parser.add_argument("--supervised", type=SupervisedConfig, default=SupervisedConfig(),
+                            help="the supervised reference (ground-truth identities in place of clustering, after "
+                                 "Stage III, results row `supervised`): enabled, optim (default model.optim)")
         parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
                             help="Weights & Biases logging (mode: online | offline | disabled), see README")
 
@@ -174,12 +179,13 @@ class ITKMCLI(LightningCLI):
 
     # ------------------------------------------------------------ fit
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-        """Baselines -> Stage I -> Stage II -> Stage III, resumable: re-running the same command continues."""
+        """Baselines -> Stage I -> Stage II -> Stage III (-> supervised), resumable: re-running the same command
+        continues."""
         from itkm_lightning.pipeline import Pipeline, selected_stage, stage_specs
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         pipeline = Pipeline(
-            self.run_dir, datamodule, stage_specs(model, cfg),
+            self.run_dir, datamodule, stage_specs(model, cfg, self._get(self.config_init, "supervised")),
             make_trainer=lambda stage: self.trainer if stage == "stage1" else self.instantiate_trainer(stage),
             command=self._rerun_command(cfg),
             seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,
