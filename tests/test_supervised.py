@@ -182,3 +182,29 @@ def test_fit_writes_a_supervised_row_beside_the_others_and_skips_it_when_done(tm
     assert list(results) == ["raw_pixels", "untrained", "stage1", "supervised"]
     out = capsys.readouterr().out
     assert "supervised" in out and "stage1 got this far from untrained towards supervised" in out
+
+
+def test_the_reference_has_its_own_epochs_and_validation_cadence(synthetic_root, tmp_path):
+    from itkm_lightning.cli import ITKMCLI
+
+    cli = ITKMCLI(args=["--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),
+                        "--run_dir", str(tmp_path / "run"), "--supervised.enabled", "true",
+                        "--epochs.supervised", "5", "--supervised.check_val_every_n_epoch", "5"], run=False)
+    stage1 = cli.trainer
+    supervised = cli.instantiate_trainer("supervised")
+    assert (stage1.max_epochs, stage1.check_val_every_n_epoch) == (2, 1)  # smoke.yaml's trainer section
+    assert (supervised.max_epochs, supervised.check_val_every_n_epoch) == (5, 5)
+    assert supervised.default_root_dir == str(tmp_path / "run" / "supervised")
+
+
+def test_printed_table_is_not_wrapped_in_a_log(tmp_path, capsys):
+    from itkm_lightning.results import ResultsFile
+
+    results = ResultsFile(tmp_path / "results.json")
+    row = {f"synthetic_benchmark_{i}": {"mAP": 0.123, "R1": 0.456} for i in range(3)}
+    for stage in ("raw_pixels", "untrained", "stage1", "stage3", "supervised"):
+        results.record(stage, row)
+    results.print()  # captured output is not a terminal: 80 columns would squeeze six columns
+    out = capsys.readouterr().out
+    assert all(f"synthetic_benchmark_{i}" in out for i in range(3))
+    assert out.count("12.3 / 45.6") == 5 * 4  # every cell whole, on one line (3 benchmarks and the mean)

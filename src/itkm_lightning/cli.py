@@ -158,6 +158,9 @@ class ITKMCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         if stage != "stage1":
             kwargs.update(self._fresh_strategy())
+        supervised = self._get(self.config_init, "supervised")
+        if stage == "supervised" and supervised is not None and supervised.check_val_every_n_epoch is not None:
+            kwargs["check_val_every_n_epoch"] = supervised.check_val_every_n_epoch
         # Pseudo-label batches need our own rank-aware sampler and a fresh loader after every re-clustering.
         kwargs["use_distributed_sampler"] = False
         kwargs["reload_dataloaders_every_n_epochs"] = 1

@@ -67,6 +67,9 @@ class SupervisedConfig(BaseModel):
     enabled: bool = Field(False, description="run the step (after Stage III, in <run_dir>/supervised/)")
     optim: Optional[OptimConfig] = Field(
         None, description="optimiser and schedule; None: Stage I's model.optim")
+    check_val_every_n_epoch: Optional[int] = Field(
+        None, ge=1, description="validation cadence of this step (its final weights are always validated); "
+                                "None: trainer.check_val_every_n_epoch")
 
 
 class WandbConfig(BaseModel):

@@ -96,12 +96,17 @@ class ResultsFile:
 
     def print(self) -> None:
         console = Console()
-        console.print(self.table())
+        table = self.table()
+        if not console.is_terminal:  # a log file: as wide as the table needs, not 80 columns of wrapped cells
+            console = Console(width=max(console.width, Console(width=1000).measure(table).maximum))
+        console.print(table)
         for stage in ("stage3", "stage1"):  # the method's last image model against the supervised reference
             gaps = self.gap_closed(stage)
             if gaps:
-                parts = ", ".join(f"{b} {'-' if g is None else f'{100 * g:.0f}%'}" for b, g in gaps.items())
-                console.print(f"{stage} got this far from untrained towards supervised (mAP): {parts}")
+                parts = ", ".join(f"{b} {'n/a' if g is None else f'{100 * g:.0f}%'}" for b, g in gaps.items())
+                note = " (n/a: supervised gains under 1 mAP there)" if None in gaps.values() else ""
+                console.print(f"{stage} got this far from untrained towards supervised (mAP): {parts}{note}",
+                              soft_wrap=True)
                 break
         console.print(f"results written to {self.path}")
 
