@@ -172,11 +172,6 @@ class Stage3(ReIDStage):
         self._handoff = {"labels": labels, "text_features": F.normalize(text, dim=1),
                          "paths": list(s1["paths"]), "logit_scale": float(s2["logit_scale"])}
 
-    def fit_kwargs(self, datamodule, stage_dir: Path) -> dict:
-        # Resuming reads our own last.ckpt, whose hyper-parameters hold pydantic configs: torch>=2.6's
-        # weights_only default refuses them.
-        return {"datamodule": datamodule, "weights_only": False}
-
     def make_handoff(self, datamodule) -> dict:
         """Encoder weights, the labels of one re-clustering with the final encoder, and the instance text u."""
         labels = self.final_labels if self.final_labels is not None else self.train_labels
