@@ -74,7 +74,7 @@ def export_torchscript(encoder: CLIPImageEncoder, path: str | Path) -> Path:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example_inputs(encoder), check_trace=False)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants its suffix
     traced.save(str(tmp))
     tmp.replace(path)
     return path
@@ -92,7 +92,7 @@ def export_program(encoder: CLIPImageEncoder, path: str | Path) -> Path:
     module = ExportableEncoder(encoder.eval()).eval()
     with torch.no_grad():
         program = torch.export.export(module, example_inputs(encoder), dynamic_shapes=_dynamic_batch())
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants its suffix
     torch.export.save(program, str(tmp))
     tmp.replace(path)
     return path
