@@ -201,3 +201,9 @@ def test_embed_config_takes_the_overrides_of_fit(tmp_path, trained, synthetic_ro
     features, rows = load_embeddings(tmp_path / "emb")
     assert len(rows) == len(features) > 0
     assert all(row["path"].startswith(str(synthetic_root)) and row["scenario"] == "cr" for row in rows)
+
+
+def test_weights_only_false_is_refused(tmp_path, capsys):
+    line = one_line_error(["fit", *smoke(tmp_path, "--weights_only", "false")], capsys)
+    assert "--weights_only false is not supported" in line
+    assert not (tmp_path / "run").exists()

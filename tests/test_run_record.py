@@ -124,3 +124,12 @@ def test_settings_cover_new_keys_data_roots_backbone_files_and_code(tmp_path, mo
     (tmp_path / "clip" / "model.safetensors").write_bytes(b"weights-2")  # same path, other backbone
     with pytest.raises(ValueError, match="holds another run: backbone_files"):
         check_run_dir(tmp_path / "run", run_settings(config))
+
+
+def test_a_drawn_seed_does_not_make_the_same_command_another_run(tmp_path, runs):
+    """`seed_everything: true` draws a new seed every time; the run's settings keep `true`."""
+    run_dir = tmp_path / "run"
+    main(fit(run_dir, "--seed_everything", "true"))
+    main(fit(run_dir, "--seed_everything", "true"))
+    assert len(runs) == 2
+    assert json.loads((run_dir / RECORD_FILE).read_text())["settings"]["seed_everything"] is True

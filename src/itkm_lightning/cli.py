@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from lightning.pytorch.callbacks import RichProgressBar
 from jsonargparse import ActionYesNo
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -120,11 +120,21 @@ class ITKMCLI(LightningCLI):
 
             read_checkpoint(expand_path(ckpt_path))
 
+    def _set_seed(self) -> None:
+        # Lightning replaces `seed_everything: true` by the seed it draws; the run's settings keep `true`, so
+        # that the same command resumes (a drawn seed differs every time).
+        self._requested_seed = self._get(self.config, "seed_everything")
+        super()._set_seed()
+
+    @staticmethod
+    def _expand_data_root(cfg) -> None:
+        if cfg.get("data") is not None and cfg.data.get("root"):
+            cfg.data.root = str(expand_path(cfg.data.root))
+
     # ------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if cfg.get("data") is not None and cfg.data.get("root"):
-            cfg.data.root = str(expand_path(cfg.data.root))
+        self._expand_data_root(cfg)
         if not cfg.get("run_dir"):
             cfg.run_dir = str(default_run_dir(run_name(cfg.get("config") or [])))
         cfg.run_dir = str(expand_path(cfg.run_dir))
@@ -139,7 +149,10 @@ class ITKMCLI(LightningCLI):
         if self.subcommand in (None, "fit"):
             from itkm_lightning.run_record import check_run_dir, run_settings
 
-            self._run_plan = check_run_dir(cfg.run_dir, run_settings(cfg), overwrite=bool(cfg.get("overwrite")),
+            settings = run_settings(cfg)
+            if self._requested_seed is True:
+                settings["seed_everything"] = True
+            self._run_plan = check_run_dir(cfg.run_dir, settings, overwrite=bool(cfg.get("overwrite")),
                                            resume_anyway=bool(cfg.get("resume_anyway")))
 
     def instantiate_classes(self) -> None:
@@ -289,9 +302,7 @@ class ConfigOnlyCLI(ITKMCLI):
     """Parses and checks a ``fit`` config exactly as ``itkm fit`` does (files, overrides, types), builds nothing."""
 
     def before_instantiate_classes(self) -> None:
-        cfg = self.config
-        if cfg.get("data") is not None and cfg.data.get("root"):
-            cfg.data.root = str(expand_path(cfg.data.root))
+        self._expand_data_root(self.config)
 
     def instantiate_classes(self) -> None:
         pass
