@@ -20,7 +20,6 @@ results broadcast (as the pseudo-labels are), so every rank trains on identical 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
