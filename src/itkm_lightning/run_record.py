@@ -110,9 +110,9 @@ def run_settings(config: Any) -> dict[str, Any]:
     settings = flatten(config)
     if settings.get("data.root"):  # the same relative root from another folder is other data
         settings["data.root"] = str(Path(settings["data.root"]).resolve())
-    backbone = settings.get("model.backbone.name_or_path")
-    if settings.get("model.backbone.pretrained", True):
-        settings["backbone_files"] = backbone_files(backbone)
+    files = backbone_files(settings.get("model.backbone.name_or_path"))
+    if settings.get("model.backbone.pretrained", True) and files is not None:
+        settings["backbone_files"] = files
     settings["code_version"] = code_version()
     return settings
 
