@@ -22,6 +22,7 @@ from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
 from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
 from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
 from itkm_lightning.results import ResultsFile, Timings
+from itkm_lightning.safe_load import register_safe_types
 
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 DEFAULT_STAGE_CLASSES = {
@@ -167,12 +168,16 @@ class Pipeline:
                 raise StageUnavailableError(spec.unavailable)
         return todo
 
+    def check(self, only: str | None = None, ckpt_path: str | None = None) -> list[StageSpec]:
+        """The stages to train, or the reason this command cannot run (before anything is written)."""
+        if ckpt_path is not None and only is None:
+            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
+        return self.plan(only)
+
     # ------------------------------------------------------------ run
     def run(self, only: str | None = None, ckpt_path: str | None = None) -> bool:
         """Train the stages still to do; True when they all finished (False: interrupted, or nothing to do)."""
-        if ckpt_path is not None and only is None:
-            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
-        todo = self.plan(only)
+        todo = self.check(only, ckpt_path)
         if not todo:
             done = only or ", ".join(self.names)
             rank_zero_info(f"{done} already finished in {self.run_dir}; pass another --run_dir to train again")
@@ -208,9 +213,11 @@ class Pipeline:
         elif name == self.names[0]:
             self._baselines(module, trainer, timings)
         rank_zero_info(f"{name}: training in {stage_dir}")
+        # Lightning reads the checkpoint again: weights_only, whatever the stage asks for.
+        fit_kwargs = {**module.fit_kwargs(self.datamodule, stage_dir), "weights_only": True}
+        register_safe_types()
         with timings.part(f"train_{name}"):
-            trainer.fit(module, ckpt_path=None if resume is None else str(resume),
-                        **module.fit_kwargs(self.datamodule, stage_dir))
+            trainer.fit(module, ckpt_path=None if resume is None else str(resume), **fit_kwargs)
         if trainer.interrupted:
             rank_zero_info(f"{name} was interrupted; run the same command again to resume it from its last checkpoint")
             return False

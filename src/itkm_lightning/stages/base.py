@@ -17,6 +17,10 @@ from itkm_lightning.config import OptimConfig
 from itkm_lightning.distributed import all_gather_variable
 from itkm_lightning.evaluation import cosine_distance, evaluate_rank, summarize
 from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
+from itkm_lightning.safe_load import register_safe_types
+
+# Resuming a stage built outside LightningCLI: Lightning's weights_only load meets our configs in its hparams.
+register_safe_types()
 
 
 def evaluate_benchmark(bench, features: torch.Tensor) -> dict[str, float]:

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader
 
+from itkm_lightning import safe_load
 from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.feature_batches import CachedFeatureDataset, ScenarioMixingClusterSampler
 from itkm_lightning.data.schema import SCENARIOS, Sample
@@ -256,7 +257,8 @@ class Stage2(L.LightningModule):
         needed = list(dict.fromkeys(s.path for s in samples))
         meta = {"backbone": self.backbone_config.model_dump(mode="json"), "image_size": list(datamodule.image_size)}
         cache_path = stage_dir / FEATURE_CACHE
-        cache = torch.load(cache_path, map_location="cpu", weights_only=True) if cache_path.is_file() else None
+        cache = (safe_load.load(cache_path, what="feature cache", fix="delete it to extract the features again")
+                 if cache_path.is_file() else None)
         if cache is not None and cache.get("meta") == meta and set(needed) <= set(cache["paths"]):
             rank_zero_info(f"[stage2] reusing cached image features {cache_path}")
         else:

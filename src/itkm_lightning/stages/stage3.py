@@ -20,7 +20,6 @@ results broadcast (as the pseudo-labels are), so every rank trains on identical 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -171,11 +170,6 @@ class Stage3(ReIDStage):
                                  "Stage III must use the backbone Stage I was trained with") from None
         self._handoff = {"labels": labels, "text_features": F.normalize(text, dim=1),
                          "paths": list(s1["paths"]), "logit_scale": float(s2["logit_scale"])}
-
-    def fit_kwargs(self, datamodule, stage_dir: Path) -> dict:
-        # Resuming reads our own last.ckpt, whose hyper-parameters hold pydantic configs: torch>=2.6's
-        # weights_only default refuses them.
-        return {"datamodule": datamodule, "weights_only": False}
 
     def make_handoff(self, datamodule) -> dict:
         """Encoder weights, the labels of one re-clustering with the final encoder, and the instance text u."""
