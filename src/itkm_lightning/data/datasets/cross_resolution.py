@@ -34,6 +34,7 @@ from itkm_lightning.data.datasets.common import (
     resolve_dataset_dir,
 )
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
+from itkm_lightning.evaluation import SINGLE_GALLERY_SHOT_DRAWS
 from itkm_lightning.data.sources import DatasetSource
 
 SCENARIO = "cr"
@@ -464,13 +465,19 @@ def _mlr_tree(folder: str, source: str) -> str:
 
 
 class _MLRSource(DatasetSource):
-    """An MLR set written by ``itkm prepare mlr`` (recipe mlr-v1): LR queries vs HR gallery, Market-style."""
+    """An MLR set written by ``itkm prepare mlr`` (recipe mlr-v1): LR queries vs HR gallery, Market-style.
+
+    With ``single_gallery_shot`` a second benchmark ``<name>_sgs`` scores the same query and gallery with the
+    literature's protocol (protocols.md 5.7): CMC averaged over 10 seeded one-HR-image-per-identity
+    galleries, mAP on the full gallery; its results.json entry says ``"protocol": "single_gallery_shot"``.
+    """
 
     source_key: ClassVar[str]
     name: ClassVar[str]
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, single_gallery_shot: bool = False) -> None:
         self.path = path
+        self.single_gallery_shot = single_gallery_shot
 
     @property
     def folder(self) -> str:
@@ -509,7 +516,12 @@ class _MLRSource(DatasetSource):
         if not bench.query or not bench.gallery:
             raise ValueError(f"{self.name}: {dataset_dir} has no query or no gallery images; rebuild it.")
         log_unmatched_queries(bench)
-        return [bench]
+        if not self.single_gallery_shot:
+            return [bench]
+        literature = BenchmarkSplit(name=f"{self.name}_sgs", scenario=SCENARIO, protocol=PROTOCOL,
+                                    query=list(bench.query), gallery=list(bench.gallery),
+                                    single_gallery_shot=SINGLE_GALLERY_SHOT_DRAWS)
+        return [bench, literature]
 
     def _check_files(self, dataset_dir: Path, rows: list[ManifestRow]) -> None:
         missing = [f"{r.folder}/{r.file}" for r in rows if not (dataset_dir / r.folder / r.file).is_file()]
@@ -527,6 +539,7 @@ class MLRMarket1501(_MLRSource):
 
     Args:
         path: the ``MLR-Market1501`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-Market1501``.
+        single_gallery_shot: also score ``mlr_market1501_sgs`` with the literature's protocol (protocols.md 5.7).
     """
 
     source_key = "market1501"
@@ -540,6 +553,7 @@ class MLRCUHK03(_MLRSource):
 
     Args:
         path: the ``MLR-CUHK03`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-CUHK03``.
+        single_gallery_shot: also score ``mlr_cuhk03_sgs`` with the literature's protocol (protocols.md 5.7).
     """
 
     source_key = "cuhk03"
@@ -553,6 +567,7 @@ class MLRVIPeR(_MLRSource):
 
     Args:
         path: the ``MLR-VIPeR`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-VIPeR``.
+        single_gallery_shot: also score ``mlr_viper_sgs`` with the literature's protocol (protocols.md 5.7).
     """
 
     source_key = "viper"
