@@ -1,4 +1,4 @@
-"""Cross-resolution loaders on fake on-disk trees: Market-1501, CUHK01 and the MLR sets (protocols.md 3, 5.7, 6)."""
+"""Cross-resolution loaders on fake on-disk trees: Market-1501, CUHK01 and the MLR sets (docs/protocols.md 3, 5.7, 6)."""
 
 from __future__ import annotations
 

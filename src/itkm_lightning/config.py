@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ClusteringConfig(BaseModel):
-    """Pseudo-label clustering of every (scenario, group) block (method.md section 3)."""
+    """Pseudo-label clustering of every (scenario, group) block (docs/method.md section 3)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,8 +1,8 @@
-"""Rank-based re-identification metrics (CMC, mAP, mINP) under the protocols of protocols.md section 5.
+"""Rank-based re-identification metrics (CMC, mAP, mINP) under the protocols of docs/protocols.md section 5.
 
 How the ranking is computed, and why it is fast
 -----------------------------------------------
-The definitions (protocols.md 5.1) sort every query row with a stable sort, drop the gallery entries
+The definitions (docs/protocols.md 5.1) sort every query row with a stable sort, drop the gallery entries
 the protocol removes, and read off the 0-based positions of the true matches in what is left (the
 *kept list*). Sorting whole rows with ``np.argsort(kind="stable")`` costs about 5 s at Market-1501
 scale on one core, so this module never builds the ranked list. It only needs the kept positions of
@@ -37,7 +37,7 @@ Protocol = Literal["market", "sysu", "llcm", "regdb", "cloth_changing", "same_cl
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 _DISTINCT_IDENTITY_CMC = frozenset({"sysu", "llcm"})
-"""Protocols whose CMC counts each gallery identity once (protocols.md 5.3 and 5.5)."""
+"""Protocols whose CMC counts each gallery identity once (docs/protocols.md 5.3 and 5.5)."""
 _CLOTHES_PROTOCOLS = frozenset({"cloth_changing", "same_clothes"})
 _SAME_CAMERA_REMOVAL = frozenset({"market", "llcm", "cloth_changing", "same_clothes"})
 
@@ -97,7 +97,7 @@ def evaluate_rank(
     ``max_rank``: when a query's kept list is shorter than ``max_rank``, its curve is padded with its
     last value (1, since a valid query's match is in its list).
 
-    Protocols (protocols.md section 5): ``market`` removes same identity and same camera; ``sysu``
+    Protocols (docs/protocols.md section 5): ``market`` removes same identity and same camera; ``sysu``
     removes every camera-2 gallery entry for camera-3 queries and counts distinct identities in the CMC;
     ``llcm`` removes same identity and same camera and counts distinct identities; ``regdb`` removes
     nothing; ``cloth_changing`` and ``same_clothes`` remove same identity and same camera, and also same
@@ -486,7 +486,7 @@ def _distinct_identities_before(
 
 
 # --------------------------------------------------------------------------------------------------
-# The literature's single-gallery-shot CMC (protocols.md 5.7)
+# The literature's single-gallery-shot CMC (docs/protocols.md 5.7)
 # --------------------------------------------------------------------------------------------------
 
 SINGLE_GALLERY_SHOT_DRAWS = 10
@@ -503,7 +503,7 @@ def evaluate_single_gallery_shot(
     draws: int = SINGLE_GALLERY_SHOT_DRAWS,
     max_rank: int = 50,
 ) -> dict[str, Any]:
-    """The single-gallery-shot protocol of the cross-resolution literature (protocols.md 5.7).
+    """The single-gallery-shot protocol of the cross-resolution literature (docs/protocols.md 5.7).
 
     For draw ``d = 0 .. draws - 1``, ``numpy.random.default_rng(d)`` draws, for every query, one gallery
     image per identity among the entries the Market rule keeps (same identity and same camera removed):
