@@ -157,3 +157,12 @@ def test_fit_scores_every_results_row_with_the_configured_re_ranking(tmp_path, s
     for stage in results.values():
         for entry in stage.values():
             assert entry["rerank"] == {"k1": 5, "k2": 2, "lambda": 0.3}
+
+
+def test_html_report_shows_the_spread_too():
+    from itkm_lightning.tools.report import results_table
+
+    html = results_table({"stage1": {"sysu_all": {"mAP": 0.5, "R1": 0.6, "mAP_std": 0.012, "R1_std": 0.02},
+                                     "market1501": {"mAP": 0.25, "R1": 0.5}}})
+    assert "<td>50.0 ± 1.2</td><td>60.0 ± 2.0</td>" in html
+    assert "<td>25.0</td><td>50.0</td>" in html
