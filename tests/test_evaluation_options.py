@@ -113,6 +113,8 @@ def test_results_json_keeps_spread_and_labels_and_the_table_shows_mean_plus_minu
     text = console.export_text()
     assert "50.0 ± 1.2 / 60.0 ± 2.0" in text
     assert "40.0 / 50.0 ± 3.0" in text
+    caption = " ".join(text.split())  # the caption wraps at the table's width
+    assert "re-ranked (k1 20, k2 6, lambda 0.3); ± = standard deviation over trials" in caption
 
 
 # ----------------------------------------------------------------------------- re-ranking in scoring

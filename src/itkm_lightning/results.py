@@ -94,6 +94,15 @@ class ResultsFile:
                 means.append(f"{100 * sum(v['mAP'] for v in vals) / len(vals):.1f} / "
                              f"{100 * sum(v['R1'] for v in vals) / len(vals):.1f}" if vals else "-")
             table.add_row("[bold]mean[/bold]", *means)
+        notes = []
+        entries = [r for s in stages for r in self.data[s].values()]
+        reranks = sorted({", ".join(f"{k} {v}" for k, v in r["rerank"].items()) for r in entries if "rerank" in r})
+        if reranks:
+            notes.append("re-ranked (" + "; ".join(reranks) + ")")
+        if any("mAP_std" in r or "R1_std" in r for r in entries):
+            notes.append("± = standard deviation over trials")
+        if notes:
+            table.caption = "; ".join(notes)
         return table
 
     def print(self) -> None:
