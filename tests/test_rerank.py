@@ -147,3 +147,13 @@ def test_inconsistent_shapes_and_nan_are_refused():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="q_g_dist contains NaN"):
         re_ranking(bad, q_q, g_g)
+
+
+def test_scoring_without_re_ranking_does_not_import_it():
+    """``itkm_lightning.evaluation`` stays numpy-only; ``re_ranking`` (scipy, torch) loads on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, itkm_lightning.evaluation as e; assert 'itkm_lightning.rerank' not in sys.modules; "
+            "assert 'torch' not in sys.modules; e.re_ranking; assert 'itkm_lightning.rerank' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -29,9 +29,17 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from itkm_lightning.rerank import re_ranking
+__all__ = ["PROTOCOLS", "cosine_distance", "evaluate_rank", "evaluate_single_gallery_shot", "re_ranking", "summarize"]
 
-__all__ = ["PROTOCOLS", "cosine_distance", "evaluate_rank", "re_ranking", "summarize"]
+
+def __getattr__(name: str) -> Any:
+    """``re_ranking`` (rerank.py) is imported on first use: it needs scipy and the clustering helpers, which
+    scoring without re-ranking does not."""
+    if name == "re_ranking":
+        from itkm_lightning.rerank import re_ranking
+
+        return re_ranking
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 Protocol = Literal["market", "sysu", "llcm", "regdb", "cloth_changing", "same_clothes"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
