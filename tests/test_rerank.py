@@ -157,3 +157,16 @@ def test_scoring_without_re_ranking_does_not_import_it():
     code = ("import sys, itkm_lightning.evaluation as e; assert 'itkm_lightning.rerank' not in sys.modules; "
             "assert 'torch' not in sys.modules; e.re_ranking; assert 'itkm_lightning.rerank' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_query_without_k_reciprocal_neighbours_keeps_jaccard_distance_one():
+    """Query 0 is far from everything, itself included: it is nobody's neighbour, its weight row is empty,
+    so its Jaccard distance is 1 everywhere and only the scaled original distance varies (as in the reference)."""
+    rng = np.random.default_rng(0)
+    q_g, q_q, g_g = rng.random((6, 15)), rng.random((6, 6)) + 0.5, rng.random((15, 15))
+    np.fill_diagonal(q_q, 5.0)
+    q_q[0, :] = 5.0
+    q_g[0, :] = 5.0
+    got = re_ranking(q_g, q_q, g_g, k1=3, k2=1, lambda_value=0.3)
+    np.testing.assert_allclose(got[0], 0.7 + 0.3 * 1.0, atol=1e-6)  # q_g[0] is its column's maximum: R = 1
+    assert np.isfinite(got).all() and (got[1:] < 1.0).any()

@@ -136,10 +136,8 @@ def _query_gallery_overlap(weights: sp.csr_matrix, nq: int) -> Iterator[tuple[in
     queries = weights[:nq].tocsr()
     gallery = weights[nq:].tocsc()  # per column k: the gallery rows that hold weight there
     gallery.sort_indices()
-    per_entry = np.diff(gallery.indptr)[queries.indices]
-    per_row = np.add.reduceat(per_entry, queries.indptr[:-1]) if per_entry.size else np.zeros(nq, np.int64)
-    per_row[np.diff(queries.indptr) == 0] = 0  # reduceat repeats the next value for empty rows
-    cumulative = np.concatenate(([0], np.cumsum(per_row, dtype=np.int64)))
+    per_entry = np.concatenate(([0], np.cumsum(np.diff(gallery.indptr)[queries.indices], dtype=np.int64)))
+    cumulative = per_entry[queries.indptr]  # pairs before each query row (a row may hold no weight)
     max_rows = max(1, OVERLAP_BLOCK_PAIRS // max(ng, 1))
     start = 0
     while start < nq:
