@@ -98,8 +98,10 @@ class ITKMCLI(LightningCLI):
         parser.add_argument("--epochs", type=StageEpochs, default=StageEpochs(),
                             help="training epochs per stage (unset: trainer.max_epochs)")
         add_stage_arguments(parser)
-        from itkm_lightning.config import WandbConfig
+        from itkm_lightning.config import EvaluationConfig, WandbConfig
 
+        parser.add_argument("--evaluation", type=EvaluationConfig, default=EvaluationConfig(),
+                            help="how benchmarks are scored: evaluation.rerank {k1, k2, lambda} re-ranks (off by default)")
         parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
                             help="Weights & Biases logging (mode: online | offline | disabled), see README")
 
@@ -158,6 +160,14 @@ class ITKMCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         self._check_data_sources()
         super().instantiate_classes()
+        if hasattr(self.model, "rerank"):  # fit's Stage I and validate/test score with evaluation.rerank too
+            self.model.rerank = self._evaluation().rerank
+
+    def _evaluation(self):
+        from itkm_lightning.config import EvaluationConfig
+
+        evaluation = self._get(self.config_init, "evaluation")
+        return evaluation if isinstance(evaluation, EvaluationConfig) else EvaluationConfig()
 
     def _check_data_sources(self) -> None:
         """Missing datasets are reported (all of them) before minutes go into loading a backbone."""
@@ -266,6 +276,7 @@ class ITKMCLI(LightningCLI):
             make_trainer=lambda stage: self.trainer if stage == "stage1" else self.instantiate_trainer(stage),
             command=self._rerun_command(cfg),
             seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,
+            rerank=self._evaluation().rerank,
         )
         pipeline.check(only, ckpt_path)  # a command that cannot run writes nothing, not even run.json
         if self._run_plan is not None:

@@ -127,10 +127,13 @@ class Pipeline:
         make_trainer: a fresh Trainer for a stage (its checkpoints and logs under ``<run_dir>/<stage>``).
         command: the command that reruns this run without ``--stage`` (quoted in errors).
         seed: re-seeded before each stage is built, so a stage starts the same in a new process or the same one.
+        rerank: ``evaluation.rerank`` (a RerankConfig) or None: every benchmark of every results row, baselines
+            included, is scored on re-ranked distances.
     """
 
     def __init__(self, run_dir: str | Path, datamodule: L.LightningDataModule, stages: list[StageSpec],
-                 make_trainer: Callable[[str], L.Trainer], command: str, seed: int | None = None) -> None:
+                 make_trainer: Callable[[str], L.Trainer], command: str, seed: int | None = None,
+                 rerank=None) -> None:
         self.run_dir = Path(run_dir)
         self.datamodule = datamodule
         self.stages = list(stages)
@@ -138,6 +141,7 @@ class Pipeline:
         self.make_trainer = make_trainer
         self.command = command
         self.seed = seed
+        self.rerank = rerank
         self.results = ResultsFile(self.run_dir / "results.json")
         self.handoffs: dict[str, dict] = {}  # this process's hand-overs, in memory (every rank has them)
         self.final_module: L.LightningModule | None = None  # the last image model trained in this process
@@ -203,6 +207,8 @@ class Pipeline:
         if self.seed is not None:
             L.seed_everything(self.seed, workers=True, verbose=False)
         module = spec.build()
+        if hasattr(module, "rerank"):
+            module.rerank = self.rerank
         module.receive_handoff(self._predecessor_handoffs(name))
         # The newest good end-of-epoch checkpoint, or a newer mid-epoch one that a SLURM requeue (SIGUSR1) left.
         resume = ckpt_path or newest_checkpoint(resume_checkpoint(stage_dir / "checkpoints"),
@@ -260,4 +266,5 @@ class Pipeline:
         if "raw_pixels" not in self.results:
             with timings.part("eval_raw_pixels"):
                 self.datamodule.setup("validate")
-                self.results.record("raw_pixels", raw_pixel_results(self.datamodule.benchmarks), write=write)
+                self.results.record("raw_pixels", raw_pixel_results(self.datamodule.benchmarks,
+                                                                       rerank=self.rerank), write=write)

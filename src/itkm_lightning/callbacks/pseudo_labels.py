@@ -1,4 +1,4 @@
-"""Per-epoch pseudo-labels: extract -> gather -> sharded kNN -> cluster on rank 0 -> broadcast (method.md section 3)."""
+"""Per-epoch pseudo-labels: extract -> gather -> sharded kNN -> cluster on rank 0 -> broadcast (docs/method.md section 3)."""
 
 from __future__ import annotations
 

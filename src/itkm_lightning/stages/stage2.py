@@ -1,4 +1,4 @@
-"""Stage II: text representation learning (method.md section 5).
+"""Stage II: text representation learning (docs/method.md section 5).
 
 A second, frozen CLIP describes every Stage I cluster c with a learnable prompt "A photo of a X1..XM
 person."; only the M word embeddings per cluster train, against cached image features of the cluster's
@@ -252,7 +252,7 @@ class Stage2(L.LightningModule):
         """v (P-d, unnormalised) of each sample: ``cc`` images through their group-0 (original) view.
 
         A ``cc`` group-1 sample is the clothing-agnostic view of a group-0 image; Stage II describes it by
-        the original image (method.md section 5), so both share one extraction, keyed by path.
+        the original image (docs/method.md section 5), so both share one extraction, keyed by path.
         """
         needed = list(dict.fromkeys(s.path for s in samples))
         meta = {"backbone": self.backbone_config.model_dump(mode="json"), "image_size": list(datamodule.image_size)}

@@ -1,4 +1,4 @@
-"""Stage III: unsupervised heterogeneous learning (method.md section 6).
+"""Stage III: unsupervised heterogeneous learning (docs/method.md section 6).
 
 Continues the Stage I image encoder with, every epoch, re-clustered labels (as Stage I), the dynamic
 text update (DRU), cluster- and instance-level heterogeneous matching (CHM, IHM) and the text-guided loss:
@@ -64,7 +64,7 @@ class Stage3(ReIDStage):
         chm: use L_chm (cluster-level matching).
         chm_weight: lambda_chm.
         chm_threshold: smallest similarity of a kept cluster pair.
-        chm_rounds: Hungarian rounds (1 = one-to-one only; 2 = method.md's second, many-to-one round).
+        chm_rounds: Hungarian rounds (1 = one-to-one only; 2 = docs/method.md's second, many-to-one round).
         chm_text: average the centroid similarity with the similarity of the clusters' text prototypes.
         ihm: use L_ihm (instance-level matching).
         ihm_weight: lambda_ihm.
