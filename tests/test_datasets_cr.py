@@ -1,4 +1,4 @@
-"""Cross-resolution loaders on fake on-disk trees: Market-1501, CUHK01 and the MLR sets (protocols.md 3, 5.7, 6)."""
+"""Cross-resolution loaders on fake on-disk trees: Market-1501, CUHK01 and the MLR sets (docs/protocols.md 3, 5.7, 6)."""
 
 from __future__ import annotations
 
@@ -223,3 +223,16 @@ def test_sources_are_config_sections(tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_object({"sources": [{"class_path": "itkm_lightning.data.datasets.cross_resolution.CUHK01",
                                           "init_args": {"scenario": "xx"}}]})
+
+
+def test_mlr_single_gallery_shot_adds_a_labelled_literature_benchmark(mlr_root):
+    plain, literature = MLRMarket1501(single_gallery_shot=True).load(mlr_root)
+    assert (plain.name, literature.name) == ("mlr_market1501", "mlr_market1501_sgs")
+    assert plain.single_gallery_shot == 0 and literature.single_gallery_shot == 10
+    assert literature.query == plain.query and literature.gallery == plain.gallery
+    features = torch.nn.functional.normalize(torch.randn(len(plain.query) + len(plain.gallery), 4), dim=1)
+    scores = evaluate_benchmark(literature, features)
+    assert scores["protocol"] == "single_gallery_shot" and scores["trials"] == 10
+    assert scores["mAP"] == evaluate_benchmark(plain, features)["mAP"]  # mAP: the full gallery
+    assert 0.0 <= scores["R1_std"] <= 0.5
+    assert len(MLRMarket1501().load(mlr_root)) == 1  # off by default

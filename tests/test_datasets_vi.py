@@ -227,8 +227,11 @@ def test_sysu_through_datamodule_and_evaluate_benchmark(data_root):
             g_cams = [int(Path(p).parent.parent.name[3:]) for p in drawn]
             result = evaluate_rank(cosine_distance(qf, gf), q_pids, g_pids, q_cams, g_cams, protocol="sysu")
             per_trial.append(summarize(result))
-        for key, value in got.items():
-            assert value == pytest.approx(np.mean([s[key] for s in per_trial]), abs=1e-9), key
+        for key in per_trial[0]:
+            assert got[key] == pytest.approx(np.mean([s[key] for s in per_trial]), abs=1e-9), key
+        for key in ("mAP", "R1"):  # the spread over the draws, beside the mean
+            assert got[f"{key}_std"] == pytest.approx(np.std([s[key] for s in per_trial]), abs=1e-9), key
+        assert got["trials"] == 4
 
         # One-hot identity features retrieve perfectly in every trial.
         pids = sorted({s.pid for s in bench.query + bench.gallery})

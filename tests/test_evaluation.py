@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------------------------------
-# Reference: a plain per-query loop written from the definitions of protocols.md section 5.1
+# Reference: a plain per-query loop written from the definitions of docs/protocols.md section 5.1
 # --------------------------------------------------------------------------------------------------
 
 

@@ -324,7 +324,8 @@ def test_cli_runs_three_stages_and_resumes_a_crashed_one(tmp_path, synthetic_roo
     assert handoff_path(run_dir, "stage1").is_file() and not handoff_path(run_dir, "stage2").exists()
     stage1_ckpt = (run_dir / "stage1" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
 
-    main([*args, "--config", str(_fake_stages_config(tmp_path))])
+    # The fixed config is another setting (crash_at_epoch), so continuing this run directory must be asked for.
+    main([*args, "--config", str(_fake_stages_config(tmp_path)), "--resume_anyway"])
     assert (run_dir / "stage1" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stage1_ckpt  # not retrained
     stage1 = load_handoff(handoff_path(run_dir, "stage1"))
     stage2 = load_handoff(handoff_path(run_dir, "stage2"))

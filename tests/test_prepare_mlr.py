@@ -1,4 +1,4 @@
-"""`itkm prepare mlr` (recipe mlr-v1, protocols.md section 6) on fake Market-1501, CUHK03 and VIPeR trees."""
+"""`itkm prepare mlr` (recipe mlr-v1, docs/protocols.md section 6) on fake Market-1501, CUHK03 and VIPeR trees."""
 
 from __future__ import annotations
 

@@ -250,7 +250,7 @@ def test_checkpoint_holds_prompts_not_the_frozen_tower(tiny_backbone, datamodule
     trainer = make_trainer(tmp_path, epochs=1)
     trainer.fit(module, **module.fit_kwargs(datamodule, tmp_path))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert set(checkpoint["state_dict"]) == {"prompts", "cluster_scenario", "cluster_block"}
     restored = Stage2.load_from_checkpoint(tmp_path / "last.ckpt")  # no handoff: shapes come from the checkpoint
     assert restored.backbone_config == tiny_backbone

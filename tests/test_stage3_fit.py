@@ -140,7 +140,7 @@ def test_resume_restores_text_and_matches_and_continues(tmp_path, synthetic_root
     first = Stage3(backbone=tiny_backbone, clustering=CLUSTERING, optim=OPTIM)
     first.receive_handoff(handoffs)
     trainer(1).fit(first, datamodule=dm)
-    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]  # configs allow-listed
 
     resumed = Stage3(backbone=tiny_backbone, clustering=CLUSTERING, optim=OPTIM)
     resumed.receive_handoff(handoffs)

@@ -79,7 +79,7 @@ def test_bad_model_sources_say_what_to_pass(tmp_path):
         load_image_encoder(tmp_path)
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read .*junk.ckpt"):
+    with pytest.raises(ValueError, match="junk.ckpt cannot be read"):
         load_image_encoder(junk)
     torch.save({"state_dict": {"memory.features": torch.zeros(2)}, "hyper_parameters": {}}, junk)
     with pytest.raises(ValueError, match="no image-encoder weights"):

@@ -20,9 +20,11 @@ def raw_pixel_features(paths: list[str], size: tuple[int, int] = (16, 8)) -> tor
     return torch.from_numpy(feats)
 
 
-def raw_pixel_results(benchmarks: list[BenchmarkSplit], size: tuple[int, int] = (16, 8)) -> dict[str, dict[str, float]]:
-    """The ``raw_pixels`` stage: every benchmark scored on raw-pixel features with its own protocol."""
+def raw_pixel_results(benchmarks: list[BenchmarkSplit], size: tuple[int, int] = (16, 8),
+                      rerank=None) -> dict[str, dict]:
+    """The ``raw_pixels`` stage: every benchmark scored on raw-pixel features with its own protocol
+    (re-ranked with ``rerank``, a RerankConfig, when given)."""
     from itkm_lightning.stages.base import evaluate_benchmark
 
-    return {b.name: evaluate_benchmark(b, raw_pixel_features([s.path for s in b.query + b.gallery], size))
+    return {b.name: evaluate_benchmark(b, raw_pixel_features([s.path for s in b.query + b.gallery], size), rerank=rerank)
             for b in benchmarks}

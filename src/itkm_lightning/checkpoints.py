@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from itkm_lightning import safe_load
 from itkm_lightning.fileio import atomic_write
 
 REQUIRED_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
@@ -104,16 +105,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a training checkpoint on CPU (tensors memory-mapped: cheap even for large files) or raise.
 
     A truncated file fails in ``torch.load`` (its zip directory sits at the end); a file that unpickles but
-    lacks Lightning's training state fails the key check.
+    lacks Lightning's training state fails the key check; a file holding code is refused (``weights_only``).
     """
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for damaged files
-        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+        checkpoint = safe_load.load(path, what="checkpoint", mmap=True)
+    except (safe_load.UnreadableFileError, FileNotFoundError) as err:  # UnsafeFileError is not a disk fault
+        raise CorruptCheckpointError(str(err)) from err
     if not isinstance(checkpoint, dict):
         raise CorruptCheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing and "encoder" in checkpoint:
+        raise CorruptCheckpointError(f"{path} is a stage hand-over, not a Lightning training checkpoint; pass a .ckpt "
+                                     "file from <run_dir>/<stage>/checkpoints/ (e.g. last.ckpt)")
     if missing:
         raise CorruptCheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a Lightning training checkpoint")
     return checkpoint
@@ -136,7 +140,8 @@ def resume_checkpoint(directory: str | Path) -> Path | None:
     """The newest checkpoint in ``directory`` that loads; ``None`` when there is none.
 
     Each newer file that does not load (truncated, corrupt, not a training checkpoint) is reported with a
-    warning naming it, and the previous one is tried.
+    warning naming it, and the previous one is tried. A file that would run code stops the run
+    (:class:`~itkm_lightning.safe_load.UnsafeFileError`): someone put it there, which is no disk fault.
     """
     for path in checkpoint_candidates(directory):
         try:

@@ -9,10 +9,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from jsonargparse import ActionYesNo
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from itkm_lightning.config_files import check_config_files, expand_path, run_name
 from itkm_lightning.tracking import default_run_dir, finish_wandb, wandb_logger
 
 
@@ -29,6 +31,10 @@ def one_line_parse_error(message: str) -> str:
             if reason not in reasons:
                 reasons.append(reason)
     if key is None:
+        unknown = re.fullmatch(r"Option '([^']+)' is not accepted", lines[0]) if lines else None
+        if unknown:  # jsonargparse does not say where: an init_args key that the named class does not take
+            return (f"{lines[0]}: no class_path in the config takes an argument {unknown.group(1)!r} "
+                    "(misspelled init_args key?)")
         return lines[0] if lines else "invalid arguments"
     expected = [re.sub(r"<class '(\w+)'>", r"\1", r.removeprefix("Expected a ")).replace("NoneType", "None")
                 .replace("typing.Literal[", "one of [")
@@ -36,8 +42,8 @@ def one_line_parse_error(message: str) -> str:
     if expected:
         reasons = [f"expected {' or '.join(expected)}"] + [r for r in reasons if not r.startswith("Expected a ")]
     value = f" = {got.group(1).strip()}" if got else ""
-    rest = str(message)[key.end():].lstrip(":").strip().splitlines()
-    why = "; ".join(reasons) if reasons else (rest[0].strip() if rest else "invalid value")
+    rest = [line.strip() for line in str(message)[key.end():].lstrip(":").strip().splitlines() if line.strip()]
+    why = "; ".join(reasons) if reasons else (" ".join(rest[:3]) if rest else "invalid value")
     return f"{key.group(1)}{value}: {why}"
 
 
@@ -80,50 +86,136 @@ class ITKMCLI(LightningCLI):
 
         parser.add_argument(
             "--run_dir", type=Optional[str], default=None,
-            help="where the run writes checkpoints, logs and results.json (default: runs/<config name>)",
+            help="where the run writes checkpoints, logs and results.json (default: runs/<config names joined by +>)",
         )
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                            help="fit: if --run_dir holds a run with other settings, delete it and start again "
+                                 "(a run with the same settings resumes as usual)")
+        parser.add_argument("--resume_anyway", action=ActionYesNo, default=False,
+                            help="fit: if --run_dir holds a run with other settings, continue it with these settings "
+                                 "(finished stages are kept; run.json records the change)")
         parser.add_argument("--stage", type=Literal[STAGE_CHOICES], default="all",
                             help="fit: train one stage only (its predecessors must have finished; the supervised "
                                  "reference needs none); default all")
         parser.add_argument("--epochs", type=StageEpochs, default=StageEpochs(),
                             help="training epochs per stage (unset: trainer.max_epochs)")
         add_stage_arguments(parser)
-        from itkm_lightning.config import SupervisedConfig, WandbConfig
+        from itkm_lightning.config import EvaluationConfig, SupervisedConfig, WandbConfig
 
+        parser.add_argument("--evaluation", type=EvaluationConfig, default=EvaluationConfig(),
+                            help="how benchmarks are scored: evaluation.rerank {k1, k2, lambda} re-ranks (off by default)")
         parser.add_argument("--supervised", type=SupervisedConfig, default=SupervisedConfig(),
                             help="the supervised reference (ground-truth identities in place of clustering, after "
                                  "Stage III, results row `supervised`): enabled, optim (default model.optim)")
         parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
                             help="Weights & Biases logging (mode: online | offline | disabled), see README")
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # predict is left out: no stage has a predict step (`itkm embed` writes features).
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path`` must be a training checkpoint that loads safely: one line for a junk file, a hand-over or a
+        file holding code, before anything is built. Its hyper-parameters are not merged into ``model:`` (which is
+        Stage I's, whatever stage wrote the checkpoint); the stage and backbone stamp is checked instead."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if ckpt_path:
+            from itkm_lightning.checkpoints import read_checkpoint
+
+            read_checkpoint(expand_path(ckpt_path))
+
+    def _set_seed(self) -> None:
+        # Lightning replaces `seed_everything: true` by the seed it draws; the run's settings keep `true`, so
+        # that the same command resumes (a drawn seed differs every time).
+        self._requested_seed = self._get(self.config, "seed_everything")
+        super()._set_seed()
+
+    @staticmethod
+    def _expand_data_root(cfg) -> None:
+        if cfg.get("data") is not None and cfg.data.get("root"):
+            cfg.data.root = str(expand_path(cfg.data.root))
+
     # ------------------------------------------------------------ run directory
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        self._expand_data_root(cfg)
         if not cfg.get("run_dir"):
-            configs = cfg.get("config") or []
-            name = Path(str(configs[-1])).stem if configs else "default"
-            cfg.run_dir = str(default_run_dir(name))
+            cfg.run_dir = str(default_run_dir(run_name(cfg.get("config") or [])))
+        cfg.run_dir = str(expand_path(cfg.run_dir))
         cfg.trainer.default_root_dir = cfg.run_dir
+        if cfg.get("ckpt_path"):
+            cfg.ckpt_path = str(expand_path(cfg.ckpt_path))
+        if "weights_only" in cfg:
+            if cfg.weights_only is False:
+                raise ValueError("--weights_only false is not supported: a checkpoint could run code when loaded")
+            cfg.weights_only = True  # Lightning's own checkpoint loading, too (our config classes are allow-listed)
+        self._run_plan = None
+        if self.subcommand in (None, "fit"):
+            from itkm_lightning.run_record import check_run_dir, run_settings
+
+            settings = run_settings(cfg)
+            if self._requested_seed is True:
+                settings["seed_everything"] = True
+            self._run_plan = check_run_dir(cfg.run_dir, settings, overwrite=bool(cfg.get("overwrite")),
+                                           resume_anyway=bool(cfg.get("resume_anyway")))
 
     def instantiate_classes(self) -> None:
         self._check_data_sources()
         super().instantiate_classes()
+        if hasattr(self.model, "rerank"):  # fit's Stage I and validate/test score with evaluation.rerank too
+            self.model.rerank = self._evaluation().rerank
+
+    def _evaluation(self):
+        from itkm_lightning.config import EvaluationConfig
+
+        evaluation = self._get(self.config_init, "evaluation")
+        return evaluation if isinstance(evaluation, EvaluationConfig) else EvaluationConfig()
 
     def _check_data_sources(self) -> None:
-        """Missing datasets are reported before minutes go into loading a backbone."""
-        from jsonargparse import Namespace
-        from jsonargparse.typing import import_object
+        """Missing datasets are reported (all of them) before minutes go into loading a backbone."""
+        from itkm_lightning.config_files import source_class
+        from itkm_lightning.data.sources import DatasetSource
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         data = cfg.get("data")
         if data is None:
             return
         root = Path(data.get("root") or "data")
+        problems = []
         for entry in data.get("sources") or []:
-            if isinstance(entry, Namespace) and entry.get("class_path"):
+            if isinstance(entry, DatasetSource):
+                source = entry
+            elif entry.get("class_path"):
                 init = entry.get("init_args")
-                kwargs = init.as_dict() if isinstance(init, Namespace) else dict(init or {})
-                import_object(entry.class_path)(**kwargs).check(root)
+                source = source_class(entry.class_path)(**(init.as_dict() if hasattr(init, "as_dict") else init or {}))
+            else:
+                continue
+            try:
+                source.check(root)
+            except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+                problems.append(str(err).strip())
+        if len(problems) == 1:
+            raise FileNotFoundError(problems[0])
+        if problems:  # all of them at once: fixing one, rerunning and meeting the next costs a job each time
+            raise FileNotFoundError(f"{len(problems)} configured datasets are not usable:\n"
+                                    + "\n".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_fits("validate")
+
+    def before_test(self) -> None:
+        self._check_checkpoint_fits("test")
+
+    def _check_checkpoint_fits(self, subcommand: str) -> None:
+        """A checkpoint of another stage or backbone: one line, not a shape traceback from Lightning."""
+        from itkm_lightning.checkpoints import check_resumable
+
+        path = self.config[subcommand].get("ckpt_path")
+        if path:
+            check_resumable(path, self.model)
 
     @property
     def run_dir(self) -> Path:
@@ -187,14 +279,19 @@ class ITKMCLI(LightningCLI):
         from itkm_lightning.pipeline import Pipeline, selected_stage, stage_specs
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        only = selected_stage(cfg.get("stage"))
         pipeline = Pipeline(
             self.run_dir, datamodule, stage_specs(model, cfg, self._get(self.config_init, "supervised")),
             make_trainer=lambda stage: self.trainer if stage == "stage1" else self.instantiate_trainer(stage),
             command=self._rerun_command(cfg),
             seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,
+            rerank=self._evaluation().rerank,
         )
+        pipeline.check(only, ckpt_path)  # a command that cannot run writes nothing, not even run.json
+        if self._run_plan is not None:
+            self._run_plan.commit(self._rerun_command(cfg), write=self.trainer.is_global_zero)
         try:
-            finished = pipeline.run(only=selected_stage(cfg.get("stage")), ckpt_path=ckpt_path)
+            finished = pipeline.run(only=only, ckpt_path=ckpt_path)
             if finished and pipeline.final_module is not None and pipeline.final_trainer.is_global_zero:
                 from itkm_lightning.results import Timings
 
@@ -219,6 +316,27 @@ class ITKMCLI(LightningCLI):
         except Exception as err:  # noqa: BLE001 - the trained model and results are already saved
             warnings.warn(f"figures were not written ({type(err).__name__}: {err}); the run itself is complete",
                           stacklevel=1)
+
+
+class ConfigOnlyCLI(ITKMCLI):
+    """Parses and checks a ``fit`` config exactly as ``itkm fit`` does (files, overrides, types), builds nothing."""
+
+    def before_instantiate_classes(self) -> None:
+        self._expand_data_root(self.config)
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_fit_config(configs: list[str], overrides: list[str] = ()):
+    """The validated ``fit`` config (a jsonargparse Namespace) of ``--config`` files and dotted overrides."""
+    args = [arg for config in configs for arg in ("--config", str(config))] + list(overrides)
+    check_config_files(args)
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees another command's argv
+    try:
+        return ConfigOnlyCLI(args=args, run=False).config
+    finally:
+        sys.argv = saved_argv
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -248,7 +366,7 @@ def _error_line(err: BaseException) -> str:
         last = text.splitlines()[-1]
         return last.split(": ", 1)[1] if ": " in last else last
     # Our messages may carry a few more lines (an expected folder layout); keep them, indented.
-    lines = text.splitlines()[:25] if text else [type(err).__name__]
+    lines = text.splitlines()[:60] if text else [type(err).__name__]
     return "\n  ".join(lines)
 
 
@@ -275,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOLS:
         try:
+            check_config_files(argv)
             _run_tool(argv[0], argv[1:])
         except _known_errors() as err:
             if os.environ.get("ITKM_DEBUG"):
@@ -290,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     # LightningCLI reads sys.argv itself; handing it the same list avoids its "args and argv" warning.
     saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "itkm", *argv]
     try:
+        check_config_files(argv)
         ITKMCLI()
     except _known_errors() as err:
         if os.environ.get("ITKM_DEBUG"):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ClusteringConfig(BaseModel):
-    """Pseudo-label clustering of every (scenario, group) block (method.md section 3)."""
+    """Pseudo-label clustering of every (scenario, group) block (docs/method.md section 3)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,3 +83,27 @@ class WandbConfig(BaseModel):
     entity: Optional[str] = None
     group: Optional[str] = Field(None, description="W&B group, e.g. one per sweep or per experiment series")
     tags: list[str] = Field(default_factory=list)
+
+
+class RerankConfig(BaseModel):
+    """k-reciprocal re-ranking of every benchmark's distances (Zhong et al., CVPR 2017; ``re_ranking``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    k1: int = Field(20, ge=1, description="k-reciprocal neighbourhood size")
+    k2: int = Field(6, ge=1, description="local query expansion size (1 = none)")
+    lambda_value: float = Field(0.3, ge=0.0, le=1.0, alias="lambda",
+                                description="weight of the original distance in the re-ranked one")
+
+    def as_dict(self) -> dict:
+        """``{"k1", "k2", "lambda"}``, as written in configs and results.json."""
+        return {"k1": self.k1, "k2": self.k2, "lambda": self.lambda_value}
+
+
+class EvaluationConfig(BaseModel):
+    """How benchmarks are scored, for every row of results.json (protocols: docs/protocols.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rerank: Optional[RerankConfig] = Field(
+        None, description="k-reciprocal re-ranking {k1, k2, lambda}; unset (default): plain 1 - cos ranking")

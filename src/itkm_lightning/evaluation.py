@@ -1,8 +1,8 @@
-"""Rank-based re-identification metrics (CMC, mAP, mINP) under the protocols of protocols.md section 5.
+"""Rank-based re-identification metrics (CMC, mAP, mINP) under the protocols of docs/protocols.md section 5.
 
 How the ranking is computed, and why it is fast
 -----------------------------------------------
-The definitions (protocols.md 5.1) sort every query row with a stable sort, drop the gallery entries
+The definitions (docs/protocols.md 5.1) sort every query row with a stable sort, drop the gallery entries
 the protocol removes, and read off the 0-based positions of the true matches in what is left (the
 *kept list*). Sorting whole rows with ``np.argsort(kind="stable")`` costs about 5 s at Market-1501
 scale on one core, so this module never builds the ranked list. It only needs the kept positions of
@@ -29,11 +29,23 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+__all__ = ["PROTOCOLS", "cosine_distance", "evaluate_rank", "evaluate_single_gallery_shot", "re_ranking", "summarize"]
+
+
+def __getattr__(name: str) -> Any:
+    """``re_ranking`` (rerank.py) is imported on first use: it needs scipy and the clustering helpers, which
+    scoring without re-ranking does not."""
+    if name == "re_ranking":
+        from itkm_lightning.rerank import re_ranking
+
+        return re_ranking
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 Protocol = Literal["market", "sysu", "llcm", "regdb", "cloth_changing", "same_clothes"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 _DISTINCT_IDENTITY_CMC = frozenset({"sysu", "llcm"})
-"""Protocols whose CMC counts each gallery identity once (protocols.md 5.3 and 5.5)."""
+"""Protocols whose CMC counts each gallery identity once (docs/protocols.md 5.3 and 5.5)."""
 _CLOTHES_PROTOCOLS = frozenset({"cloth_changing", "same_clothes"})
 _SAME_CAMERA_REMOVAL = frozenset({"market", "llcm", "cloth_changing", "same_clothes"})
 
@@ -93,7 +105,7 @@ def evaluate_rank(
     ``max_rank``: when a query's kept list is shorter than ``max_rank``, its curve is padded with its
     last value (1, since a valid query's match is in its list).
 
-    Protocols (protocols.md section 5): ``market`` removes same identity and same camera; ``sysu``
+    Protocols (docs/protocols.md section 5): ``market`` removes same identity and same camera; ``sysu``
     removes every camera-2 gallery entry for camera-3 queries and counts distinct identities in the CMC;
     ``llcm`` removes same identity and same camera and counts distinct identities; ``regdb`` removes
     nothing; ``cloth_changing`` and ``same_clothes`` remove same identity and same camera, and also same
@@ -479,3 +491,72 @@ def _distinct_identities_before(
     identity_start = np.flatnonzero(np.r_[True, sorted_pid[1:] != sorted_pid[:-1]])
     identity_seen = np.logical_or.reduceat(ranked_before[:, by_identity], identity_start, axis=1)
     return identity_seen.sum(axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The literature's single-gallery-shot CMC (docs/protocols.md 5.7)
+# --------------------------------------------------------------------------------------------------
+
+SINGLE_GALLERY_SHOT_DRAWS = 10
+"""Gallery draws of the single-gallery-shot protocol (open-reid's ``single_gallery_shot=True`` repeats 10)."""
+
+
+def evaluate_single_gallery_shot(
+    distmat: Any,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    *,
+    draws: int = SINGLE_GALLERY_SHOT_DRAWS,
+    max_rank: int = 50,
+) -> dict[str, Any]:
+    """The single-gallery-shot protocol of the cross-resolution literature (docs/protocols.md 5.7).
+
+    For draw ``d = 0 .. draws - 1``, ``numpy.random.default_rng(d)`` draws, for every query, one gallery
+    image per identity among the entries the Market rule keeps (same identity and same camera removed):
+    the generator fills one uniform key per (query, gallery entry), query by query in gallery order, and
+    each identity's kept entry with the largest key is drawn. The CMC of that one-image-per-identity
+    gallery (stable ranking, ties in gallery order) is averaged over the draws; mAP and mINP are those of
+    the full gallery (``evaluate_rank`` with ``protocol="market"``). Queries without a kept match are
+    skipped, as in ``evaluate_rank``.
+
+    Returns ``{"cmc", "cmc_draws" (draws x max_rank), "mAP", "mINP", "num_valid"}``.
+    """
+    full = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, protocol="market", max_rank=max_rank)
+    if not isinstance(draws, (int, np.integer)) or isinstance(draws, bool) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}.")
+    distances = _distance_matrix(distmat)
+    labels = _Labels.build(distances.shape, q_pids, g_pids, q_camids, g_camids, None, None, "market")
+    num_gallery = distances.shape[1]
+    by_identity = np.argsort(labels.g_pid, kind="stable")
+    sorted_pid = labels.g_pid[by_identity]
+    identity_start = np.flatnonzero(np.r_[True, sorted_pid[1:] != sorted_pid[:-1]])
+    identity_of_column = np.empty(num_gallery, dtype=np.int64)
+    identity_of_column[by_identity] = np.cumsum(np.r_[True, sorted_pid[1:] != sorted_pid[:-1]]) - 1
+    column_index = np.arange(num_gallery)
+    curves = np.zeros((draws, max_rank))
+    for draw in range(draws):
+        rng = np.random.default_rng(draw)
+        histogram = np.zeros(max_rank + 1, dtype=np.int64)
+        num_valid = 0
+        for rows in _row_blocks(np.arange(distances.shape[0]), num_gallery):
+            block = np.asarray(distances[rows[0] : rows[-1] + 1], dtype=np.float64)
+            keys = rng.random(block.shape)
+            same_pid = labels.q_pid[rows][:, None] == labels.g_pid[None, :]
+            kept = ~(same_pid & (labels.q_cam[rows][:, None] == labels.g_cam[None, :]))
+            keys[~kept] = -1.0
+            best = np.maximum.reduceat(keys[:, by_identity], identity_start, axis=1)
+            drawn = kept & (keys == best[:, identity_of_column])
+            match = drawn & same_pid
+            valid = match.any(axis=1)
+            match_col = match.argmax(axis=1)[valid]
+            block, drawn, same_pid = block[valid], drawn[valid], same_pid[valid]
+            match_value = block[np.arange(block.shape[0]), match_col][:, None]
+            before = (block < match_value) | ((block == match_value) & (column_index < match_col[:, None]))
+            rank = (before & drawn & ~same_pid).sum(axis=1)
+            histogram += np.bincount(np.minimum(rank, max_rank), minlength=max_rank + 1)
+            num_valid += int(valid.sum())
+        curves[draw] = np.cumsum(histogram)[:max_rank] / max(num_valid, 1)
+    return {"cmc": curves.mean(axis=0), "cmc_draws": curves, "mAP": full["mAP"], "mINP": full["mINP"],
+            "num_valid": full["num_valid"]}

@@ -7,11 +7,11 @@ bool, None): a stage that puts anything else in is told so when it saves, not wh
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 
+from itkm_lightning import safe_load
 from itkm_lightning.fileio import atomic_write
 
 HANDOFF_FILE = "handoff.pt"
@@ -49,10 +49,7 @@ def save_handoff(path: str | Path, handoff: dict) -> None:
 
 def load_handoff(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        handoff = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read the hand-over {path} ({err}); delete it to run that stage again") from err
+    handoff = safe_load.load(path, what="hand-over", fix="delete it to run that stage again")
     if not isinstance(handoff, dict):
         raise ValueError(f"{path} does not hold a hand-over dict; delete it to run that stage again")
     return handoff

@@ -1,4 +1,4 @@
-"""Heterogeneous matching between the two groups of a scenario (method.md sections 6.3 and 6.4).
+"""Heterogeneous matching between the two groups of a scenario (docs/method.md sections 6.3 and 6.4).
 
 * CHM (cluster level): Hungarian assignment of group-0 to group-1 clusters on the cost ``exp(-sim)``,
   extra rounds for the clusters of the larger side left over (many-to-one), pairs below a similarity

@@ -23,6 +23,7 @@ from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
 from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
 from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
 from itkm_lightning.results import ResultsFile, Timings
+from itkm_lightning.safe_load import register_safe_types
 
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 DEFAULT_STAGE_CLASSES = {
@@ -154,10 +155,13 @@ class Pipeline:
         make_trainer: a fresh Trainer for a stage (its checkpoints and logs under ``<run_dir>/<stage>``).
         command: the command that reruns this run without ``--stage`` (quoted in errors).
         seed: re-seeded before each stage is built, so a stage starts the same in a new process or the same one.
+        rerank: ``evaluation.rerank`` (a RerankConfig) or None: every benchmark of every results row, baselines
+            included, is scored on re-ranked distances.
     """
 
     def __init__(self, run_dir: str | Path, datamodule: L.LightningDataModule, stages: list[StageSpec],
-                 make_trainer: Callable[[str], L.Trainer], command: str, seed: int | None = None) -> None:
+                 make_trainer: Callable[[str], L.Trainer], command: str, seed: int | None = None,
+                 rerank=None) -> None:
         self.run_dir = Path(run_dir)
         self.datamodule = datamodule
         self.stages = list(stages)
@@ -166,6 +170,7 @@ class Pipeline:
         self.make_trainer = make_trainer
         self.command = command
         self.seed = seed
+        self.rerank = rerank
         self.results = ResultsFile(self.run_dir / "results.json")
         self.handoffs: dict[str, dict] = {}  # this process's hand-overs, in memory (every rank has them)
         self.final_module: L.LightningModule | None = None  # the last image model trained in this process
@@ -203,12 +208,16 @@ class Pipeline:
                 raise StageUnavailableError(spec.unavailable)
         return todo
 
+    def check(self, only: str | None = None, ckpt_path: str | None = None) -> list[StageSpec]:
+        """The stages to train, or the reason this command cannot run (before anything is written)."""
+        if ckpt_path is not None and only is None:
+            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
+        return self.plan(only)
+
     # ------------------------------------------------------------ run
     def run(self, only: str | None = None, ckpt_path: str | None = None) -> bool:
         """Train the stages still to do; True when they all finished (False: interrupted, or nothing to do)."""
-        if ckpt_path is not None and only is None:
-            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
-        todo = self.plan(only)
+        todo = self.check(only, ckpt_path)
         if not todo:
             done = only or ", ".join(self.names)
             rank_zero_info(f"{done} already finished in {self.run_dir}; pass another --run_dir to train again")
@@ -234,6 +243,8 @@ class Pipeline:
         if self.seed is not None:
             L.seed_everything(self.seed, workers=True, verbose=False)
         module = spec.build()
+        if hasattr(module, "rerank"):
+            module.rerank = self.rerank
         module.receive_handoff(self._predecessor_handoffs(name))
         # The newest good end-of-epoch checkpoint, or a newer mid-epoch one that a SLURM requeue (SIGUSR1) left.
         resume = ckpt_path or newest_checkpoint(resume_checkpoint(stage_dir / "checkpoints"),
@@ -244,9 +255,11 @@ class Pipeline:
         elif name == self.names[0] or spec.independent:  # a stage that starts from the backbone
             self._baselines(module, trainer, timings)
         rank_zero_info(f"{name}: training in {stage_dir}")
+        # Lightning reads the checkpoint again: weights_only, whatever the stage asks for.
+        fit_kwargs = {**module.fit_kwargs(self.datamodule, stage_dir), "weights_only": True}
+        register_safe_types()
         with timings.part(f"train_{name}"):
-            trainer.fit(module, ckpt_path=None if resume is None else str(resume),
-                        **module.fit_kwargs(self.datamodule, stage_dir))
+            trainer.fit(module, ckpt_path=None if resume is None else str(resume), **fit_kwargs)
         if trainer.interrupted:
             rank_zero_info(f"{name} was interrupted; run the same command again to resume it from its last checkpoint")
             return False
@@ -289,4 +302,5 @@ class Pipeline:
         if "raw_pixels" not in self.results:
             with timings.part("eval_raw_pixels"):
                 self.datamodule.setup("validate")
-                self.results.record("raw_pixels", raw_pixel_results(self.datamodule.benchmarks), write=write)
+                self.results.record("raw_pixels", raw_pixel_results(self.datamodule.benchmarks,
+                                                                       rerank=self.rerank), write=write)

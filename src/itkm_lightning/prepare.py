@@ -4,7 +4,7 @@
     itkm prepare mlr --source market1501 --root /data/Market-1501-v15.09.15 --out /data
     itkm prepare mlr --source viper --root /data/VIPeR --out /data [--split 0]
 
-The recipe is protocols.md section 6: designated LR cameras, one rate per LR image from
+The recipe is docs/protocols.md section 6: designated LR cameras, one rate per LR image from
 ``numpy.random.default_rng(0).integers(2, 5, size=len(L))`` over the LR images sorted by source path,
 bicubic down-sampling to ``(max(1, W // r), max(1, H // r))``, PNG output named
 ``<pid:04d>_c<cam>_<idx:04d>.png``, ``manifest.csv`` (one row per file) and ``meta.json``.
@@ -56,7 +56,7 @@ from itkm_lightning.data.dataset import load_rgb
 from itkm_lightning.fileio import atomic_write_text
 
 SEED = 0
-"""mlr-v1 means seed 0; it is deliberately not an option (protocols.md 6.2)."""
+"""mlr-v1 means seed 0; it is deliberately not an option (docs/protocols.md 6.2)."""
 RATE_LOW, RATE_HIGH = 2, 5
 """Rates are drawn uniformly from {2, 3, 4}: ``integers(2, 5)`` excludes the upper bound."""
 KERNEL = "PIL.Image.Resampling.BICUBIC"
@@ -108,7 +108,7 @@ def draw_rates(num_low_res: int) -> np.ndarray:
 
 
 def reduced_size(width: int, height: int, rate: int) -> tuple[int, int]:
-    """Integer floor division, never below one pixel (protocols.md 6.2 step 3)."""
+    """Integer floor division, never below one pixel (docs/protocols.md 6.2 step 3)."""
     return max(1, width // rate), max(1, height // rate)
 
 
@@ -420,7 +420,7 @@ def _summary(report: BuildReport) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="itkm prepare", description="Build derived datasets.")
     commands = parser.add_subparsers(dest="command", required=True)
-    mlr = commands.add_parser("mlr", help="build an MLR set with the recipe mlr-v1 (protocols.md section 6)")
+    mlr = commands.add_parser("mlr", help="build an MLR set with the recipe mlr-v1 (docs/protocols.md section 6)")
     mlr.add_argument("--source", required=True, choices=sorted(MLR_OUTPUT_DIRS), help="original dataset")
     mlr.add_argument("--root", required=True, help="folder of the original dataset (or CUHK03's cuhk-03.mat)")
     mlr.add_argument("--out", required=True, help="where MLR-<source>/ is written (usually data.root)")

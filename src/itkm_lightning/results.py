@@ -16,10 +16,30 @@ from itkm_lightning.fileio import atomic_write_text
 # ``supervised``: the supervised reference (ground-truth identities), the upper bound the others are read against.
 STAGE_ORDER = ("raw_pixels", "untrained", "stage1", "stage2", "stage2_text", "stage3", "supervised")
 METRICS = ("mAP", "R1", "R5", "R10", "mINP")
+SPREAD = ("mAP_std", "R1_std")
+"""Standard deviation over the trials (or draws) of a multi-trial protocol, beside the means."""
+LABELS = ("trials", "protocol", "rerank")
+"""What a benchmark entry may also say about how it was scored: number of trials or draws, a protocol
+other than the benchmark's own (``single_gallery_shot``), the re-ranking parameters."""
+
+
+def _entry(values: dict) -> dict:
+    entry: dict = {m: float(values[m]) for m in METRICS + SPREAD if m in values}
+    entry.update({k: values[k] for k in LABELS if k in values})
+    return entry
+
+
+def _cell(r: dict, metric: str) -> str:
+    std = r.get(f"{metric}_std")
+    return f"{100 * r[metric]:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
 
 
 class ResultsFile:
-    """``{"<stage>": {"<benchmark>": {"mAP": .., "R1": .., "R5": .., "R10": .., "mINP": ..}}}`` (fractions)."""
+    """``{"<stage>": {"<benchmark>": {"mAP": .., "R1": .., "R5": .., "R10": .., "mINP": ..}}}`` (fractions).
+
+    Multi-trial benchmarks add ``mAP_std``, ``R1_std`` and ``trials``; entries may carry ``protocol`` and
+    ``rerank`` labels (see :data:`LABELS`). The printed table shows mAP / R1 as mean ± std where known.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -34,7 +54,7 @@ class ResultsFile:
         return stage in self.data
 
     def record(self, stage: str, results: dict[str, dict[str, float]], *, write: bool = True) -> None:
-        self.data[stage] = {bench: {m: float(v[m]) for m in METRICS if m in v} for bench, v in results.items()}
+        self.data[stage] = {bench: _entry(v) for bench, v in results.items()}
         if write:
             self.save()
 
@@ -66,7 +86,7 @@ class ResultsFile:
             cells = []
             for stage in stages:
                 r = self.data[stage].get(bench)
-                cells.append("-" if r is None else f"{100 * r['mAP']:.1f} / {100 * r['R1']:.1f}")
+                cells.append("-" if r is None else f"{_cell(r, 'mAP')} / {_cell(r, 'R1')}")
             table.add_row(bench, *cells)
         if len(benches) > 1:
             means = []
@@ -75,6 +95,15 @@ class ResultsFile:
                 means.append(f"{100 * sum(v['mAP'] for v in vals) / len(vals):.1f} / "
                              f"{100 * sum(v['R1'] for v in vals) / len(vals):.1f}" if vals else "-")
             table.add_row("[bold]mean[/bold]", *means)
+        notes = []
+        entries = [r for s in stages for r in self.data[s].values()]
+        reranks = sorted({", ".join(f"{k} {v}" for k, v in r["rerank"].items()) for r in entries if "rerank" in r})
+        if reranks:
+            notes.append("re-ranked (" + "; ".join(reranks) + ")")
+        if any("mAP_std" in r or "R1_std" in r for r in entries):
+            notes.append("± = standard deviation over trials")
+        if notes:
+            table.caption = "; ".join(notes)
         return table
 
     def gap_closed(self, stage: str, min_gap: float = 0.01) -> dict[str, float | None]:

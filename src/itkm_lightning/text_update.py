@@ -1,4 +1,4 @@
-"""Dynamic text representation update (DRU, method.md section 6.2): pure functions on tensors.
+"""Dynamic text representation update (DRU, docs/method.md section 6.2): pure functions on tensors.
 
 Instance-level text ``u_i`` starts from the offline text feature of the image's Stage I cluster and drifts
 towards the text of the image's current cluster after each re-clustering; cluster-level text ``t_c`` is

@@ -1,4 +1,4 @@
-"""Per-epoch pseudo-labels: extract -> gather -> sharded kNN -> cluster on rank 0 -> broadcast (method.md section 3)."""
+"""Per-epoch pseudo-labels: extract -> gather -> sharded kNN -> cluster on rank 0 -> broadcast (docs/method.md section 3)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,8 @@ class PseudoLabelCallback(L.Callback):
                       "for blocks merged into one")
         raise EmptyClusteringError(
             f"no (scenario, group) block has two pseudo-label clusters, so there is nothing to train on ({counts}); "
-            f"{advice}. State saved to {path}: re-running with the new setting resumes from it and re-clusters"
+            f"{advice}. State saved to {path}: re-running with the new setting and --resume_anyway resumes from it "
+            "and re-clusters"
         )
 
     def _apply(self, trainer, pl_module, labels: np.ndarray, *, recompute_memory: bool,

@@ -1,4 +1,4 @@
-"""The clothing-agnostic view of a person image (method.md section 1, group 1 of ``cc``).
+"""The clothing-agnostic view of a person image (docs/method.md section 1, group 1 of ``cc``).
 
 With a clothes mask (white = clothes) the clothes pixels become one neutral grey: no colour, no
 pattern, the silhouette kept. Without one, a parsing-free fallback makes the torso-and-legs band

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SCENARIOS = ("vi", "cr", "cc")
-"""Scenario tags: visible-infrared, cross-resolution, clothing change (method.md section 1)."""
+"""Scenario tags: visible-infrared, cross-resolution, clothing change (docs/method.md section 1)."""
 
 GROUP_NAMES = {
     "vi": ("visible", "infrared"),
@@ -54,3 +54,7 @@ class BenchmarkSplit:
     """Multi-trial protocols (e.g. SYSU-MM01's 10 single-shot gallery draws): per trial, indices into
     ``query`` and ``gallery`` (``None`` = all of them). Metrics are averaged over trials; features are
     extracted once for all candidates. ``None`` means one trial over everything."""
+    single_gallery_shot: int = 0
+    """Draws of the literature's single-gallery-shot CMC (docs/protocols.md 5.7; ``market`` protocol only): the
+    CMC averaged over that many one-image-per-identity galleries, mAP on the full gallery. 0: the
+    benchmark's own protocol alone."""

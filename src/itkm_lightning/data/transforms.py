@@ -1,4 +1,4 @@
-"""Train and test image transforms (method.md section 4: resize, flip, pad+crop, erasing)."""
+"""Train and test image transforms (docs/method.md section 4: resize, flip, pad+crop, erasing)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class RandomDownUp(torch.nn.Module):
     """With probability ``p``, shrink by a random factor in ``factors`` and resize back (bicubic, antialiased).
 
     Written here because torchvision has no "degrade the resolution" transform; the degradation is the
-    one the MLR-* cross-resolution benchmarks use to make their low-resolution images (protocols.md).
+    one the MLR-* cross-resolution benchmarks use to make their low-resolution images (docs/protocols.md).
     """
 
     def __init__(self, p: float, factors: tuple[float, float] = (2.0, 4.0)) -> None:
@@ -50,7 +50,7 @@ def train_transform(
     grayscale: float = 0.0,
     downsample: float = 0.0,
 ) -> v2.Compose:
-    """The augmentation of method.md section 4; ``grayscale`` is the visible-image channel augmentation and
+    """The augmentation of docs/method.md section 4; ``grayscale`` is the visible-image channel augmentation and
     ``downsample`` the high-resolution images' resolution augmentation (docs/design.md)."""
     steps = [v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
     if grayscale > 0:

@@ -360,7 +360,7 @@ class CLIPImageEncoder(nn.Module):
         self.cfg = cfg
         self.patch_size = int(patch_conv.kernel_size[0])
         self.grid_size = _patch_grid(cfg.image_size, self.patch_size)
-        # Branch 0 is CLIP's conv; extra branches start as copies of it (section 2 of method.md).
+        # Branch 0 is CLIP's conv; extra branches start as copies of it (section 2 of docs/method.md).
         self.patch_embeddings = nn.ModuleList(
             [patch_conv] + [copy.deepcopy(patch_conv) for _ in range(cfg.num_branches - 1)]
         )

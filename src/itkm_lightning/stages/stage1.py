@@ -1,4 +1,4 @@
-"""Stage I: unsupervised homogeneous learning (method.md section 4)."""
+"""Stage I: unsupervised homogeneous learning (docs/method.md section 4)."""
 
 from __future__ import annotations
 

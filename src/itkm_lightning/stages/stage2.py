@@ -1,4 +1,4 @@
-"""Stage II: text representation learning (method.md section 5).
+"""Stage II: text representation learning (docs/method.md section 5).
 
 A second, frozen CLIP describes every Stage I cluster c with a learnable prompt "A photo of a X1..XM
 person."; only the M word embeddings per cluster train, against cached image features of the cluster's
@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader
 
+from itkm_lightning import safe_load
 from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.feature_batches import CachedFeatureDataset, ScenarioMixingClusterSampler
 from itkm_lightning.data.schema import SCENARIOS, Sample
@@ -251,12 +252,13 @@ class Stage2(L.LightningModule):
         """v (P-d, unnormalised) of each sample: ``cc`` images through their group-0 (original) view.
 
         A ``cc`` group-1 sample is the clothing-agnostic view of a group-0 image; Stage II describes it by
-        the original image (method.md section 5), so both share one extraction, keyed by path.
+        the original image (docs/method.md section 5), so both share one extraction, keyed by path.
         """
         needed = list(dict.fromkeys(s.path for s in samples))
         meta = {"backbone": self.backbone_config.model_dump(mode="json"), "image_size": list(datamodule.image_size)}
         cache_path = stage_dir / FEATURE_CACHE
-        cache = torch.load(cache_path, map_location="cpu", weights_only=True) if cache_path.is_file() else None
+        cache = (safe_load.load(cache_path, what="feature cache", fix="delete it to extract the features again")
+                 if cache_path.is_file() else None)
         if cache is not None and cache.get("meta") == meta and set(needed) <= set(cache["paths"]):
             rank_zero_info(f"[stage2] reusing cached image features {cache_path}")
         else:

@@ -1,4 +1,4 @@
-"""Stage III: unsupervised heterogeneous learning (method.md section 6).
+"""Stage III: unsupervised heterogeneous learning (docs/method.md section 6).
 
 Continues the Stage I image encoder with, every epoch, re-clustered labels (as Stage I), the dynamic
 text update (DRU), cluster- and instance-level heterogeneous matching (CHM, IHM) and the text-guided loss:
@@ -20,7 +20,6 @@ results broadcast (as the pseudo-labels are), so every rank trains on identical 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -65,7 +64,7 @@ class Stage3(ReIDStage):
         chm: use L_chm (cluster-level matching).
         chm_weight: lambda_chm.
         chm_threshold: smallest similarity of a kept cluster pair.
-        chm_rounds: Hungarian rounds (1 = one-to-one only; 2 = method.md's second, many-to-one round).
+        chm_rounds: Hungarian rounds (1 = one-to-one only; 2 = docs/method.md's second, many-to-one round).
         chm_text: average the centroid similarity with the similarity of the clusters' text prototypes.
         ihm: use L_ihm (instance-level matching).
         ihm_weight: lambda_ihm.
@@ -171,11 +170,6 @@ class Stage3(ReIDStage):
                                  "Stage III must use the backbone Stage I was trained with") from None
         self._handoff = {"labels": labels, "text_features": F.normalize(text, dim=1),
                          "paths": list(s1["paths"]), "logit_scale": float(s2["logit_scale"])}
-
-    def fit_kwargs(self, datamodule, stage_dir: Path) -> dict:
-        # Resuming reads our own last.ckpt, whose hyper-parameters hold pydantic configs: torch>=2.6's
-        # weights_only default refuses them.
-        return {"datamodule": datamodule, "weights_only": False}
 
     def make_handoff(self, datamodule) -> dict:
         """Encoder weights, the labels of one re-clustering with the final encoder, and the instance text u."""

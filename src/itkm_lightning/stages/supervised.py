@@ -30,11 +30,6 @@ class SupervisedStage1(Stage1):
             return []
         return [GroundTruthLabelCallback()]
 
-    def fit_kwargs(self, datamodule, stage_dir) -> dict:
-        # Resuming reads our own last.ckpt, whose hyper-parameters hold pydantic configs (the pipeline builds
-        # this module from Stage I's parsed arguments): torch>=2.6's weights_only default refuses them.
-        return {"datamodule": datamodule, "weights_only": False}
-
     def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
         """The trained encoder and the labels it trained on (nothing reads it but the tools: a finished marker)."""
         from itkm_lightning.callbacks.ground_truth import ground_truth_labels

@@ -46,9 +46,25 @@ def tagged_samples(images: list[str], scenario: str | None, group: int) -> list[
     return tag_images(list_images(images), scenario, group)
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(our arguments, fit-config overrides)``: ``--data.root X`` / ``--data.root=X`` go to the config parser."""
+    ours, overrides = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            overrides.append(arg)
+            if "=" not in arg:
+                value = next(args, None)
+                if value is not None:
+                    overrides.append(value)
+        else:
+            ours.append(arg)
+    return ours, overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="itkm embed",
+        prog="itkm embed", allow_abbrev=False,
         description="Write L2-normalised features of images to OUT/features.npy and their paths, scenario and group "
                     "to OUT/index.csv (row i of one is row i of the other).",
     )
@@ -62,14 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=("query", "gallery", "test", "train"),
                         help="with --config: which images (test = query + gallery)")
     parser.add_argument("--benchmark", help="with --config: only this benchmark")
+    parser.epilog = "With --config, the overrides of `itkm fit` apply too (e.g. --data.root /datasets)."
     return parser
 
 
 def main(argv: list[str]) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv, overrides = split_overrides(argv)
+    args = parser.parse_args(argv)
+    if overrides and not args.config:
+        parser.error(f"{' '.join(overrides)}: dotted overrides (as for `itkm fit`) need --config")
     if bool(args.images) == bool(args.config):
         raise ValueError("give either image files/folders or --config (with --split), not both and not neither")
-    samples = (samples_from_config(args.config, args.split, args.benchmark) if args.config
+    samples = (samples_from_config(args.config, args.split, args.benchmark, overrides) if args.config
                else tagged_samples(args.images, args.scenario, args.group))
     device = resolve_device(args.device)
     encoder, backbone = load_image_encoder(args.model)

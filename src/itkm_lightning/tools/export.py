@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import warnings
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def export_torchscript(encoder: CLIPImageEncoder, path: str | Path) -> Path:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example_inputs(encoder), check_trace=False)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants its suffix
     traced.save(str(tmp))
     tmp.replace(path)
     return path
@@ -91,7 +92,7 @@ def export_program(encoder: CLIPImageEncoder, path: str | Path) -> Path:
     module = ExportableEncoder(encoder.eval()).eval()
     with torch.no_grad():
         program = torch.export.export(module, example_inputs(encoder), dynamic_shapes=_dynamic_batch())
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants its suffix
     torch.export.save(program, str(tmp))
     tmp.replace(path)
     return path
@@ -145,6 +146,21 @@ def parity(encoder: CLIPImageEncoder, exported_path: str | Path, batch: int = 6)
 
 
 EXPORTERS = {"torchscript": export_torchscript, "program": export_program, "onnx": export_onnx}
+SUFFIXES = {"torchscript": ".pt", "program": ".pt2", "onnx": ".onnx"}  # load_exported reads the format from it
+
+
+def output_format(out: Path, requested: str | None) -> str:
+    """The format of ``--out``: from its suffix, which must agree with ``--format`` when both are given."""
+    by_suffix = {suffix: fmt for fmt, suffix in SUFFIXES.items()}.get(out.suffix)
+    if requested is None:
+        if by_suffix is None:
+            raise ValueError(f"--out {out}: cannot tell the format from {out.suffix or 'no suffix'}; name the file "
+                             "*.pt (torchscript), *.pt2 (program) or *.onnx")
+        return by_suffix
+    if by_suffix != requested:
+        raise ValueError(f"--out {out} does not end in {SUFFIXES[requested]}, the suffix of --format {requested}; "
+                         f"use --out {out.with_suffix(SUFFIXES[requested])} or drop --format to go by the suffix")
+    return requested
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,28 +173,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="run directory, Lightning checkpoint (.ckpt) or stage handoff (handoff.pt)")
     parser.add_argument("--out", required=True,
                         help="output file: .pt for torchscript, .pt2 for torch.export (program), .onnx for onnx")
-    parser.add_argument("--format", choices=tuple(EXPORTERS), default="torchscript",
+    parser.add_argument("--format", choices=tuple(EXPORTERS), default=None,
                         help="torchscript (torch.jit.trace; loads in C++/libtorch), program (torch.export, its "
-                             "successor), onnx (needs onnx + onnxscript)")
+                             "successor), onnx (needs onnx + onnxscript); default: from the suffix of --out")
     return parser
 
 
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
+    out = Path(args.out).expanduser()
+    fmt = output_format(out, args.format)  # before any work: a mismatch writes nothing
     encoder, backbone = load_image_encoder(args.model)
-    out = EXPORTERS[args.format](encoder, args.out)
-    checked = args.format != "onnx" or importlib.util.find_spec("onnxruntime") is not None
-    diff = parity(encoder, out) if checked else None
-    if diff is not None and not diff < PARITY_TOLERANCE:
-        out.unlink(missing_ok=True)
-        raise ValueError(f"the exported model differs from the checkpoint by {diff:.2e} (> {PARITY_TOLERANCE:g}); "
-                         "nothing was written. Report this with your torch version.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Exported and checked under a temporary name: a failed parity check (or a crash in it) leaves no file at --out.
+    staged = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        EXPORTERS[fmt](encoder, staged)
+        checked = fmt != "onnx" or importlib.util.find_spec("onnxruntime") is not None
+        diff = parity(encoder, staged) if checked else None
+        if diff is not None and not diff < PARITY_TOLERANCE:
+            raise ValueError(f"the exported model differs from the checkpoint by {diff:.2e} (> {PARITY_TOLERANCE:g}); "
+                             f"nothing was written to {out}. Report this with your torch version.")
+        staged.replace(out)
+    finally:
+        staged.unlink(missing_ok=True)
     atomic_write_json(out.with_name(out.name + ".json"), {
-        "format": args.format, "source": str(args.model), "image_size": list(backbone.image_size),
+        "format": fmt, "source": str(args.model), "image_size": list(backbone.image_size),
         "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "feature_dim": encoder.feature_dim,
         "inputs": {"pixel_values": "float32 [B,3,H,W], CLIP-normalised RGB",
                    "scenario": "int64 [B]: 0 vi, 1 cr, 2 cc", "group": "int64 [B]: 0 or 1"},
         "output": "float32 [B,D], L2-normalised f", "parity_max_abs_diff": diff,
     })
     check = f"max abs diff vs checkpoint {diff:.1e}" if diff is not None else "not checked (onnxruntime missing)"
-    print(f"exported {args.format} -> {out} ({check}); input spec in {out.name}.json")
+    print(f"exported {fmt} -> {out} ({check}); input spec in {out.name}.json")

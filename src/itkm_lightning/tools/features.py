@@ -50,26 +50,28 @@ def tag_images(paths: Sequence[Path], scenario: str, group: int) -> list[Sample]
     return [Sample(path=str(p), pid=-1, camid=-1, scenario=scenario, group=group, source="images") for p in paths]
 
 
-def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: str | None = None) -> list[Sample]:
+def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: str | None = None,
+                        overrides: Sequence[str] = ()) -> list[Sample]:
     """Tagged samples of the datasets a training config lists (``data.root``, ``data.sources``).
 
-    ``split``: ``query``, ``gallery``, ``test`` (query + gallery) or ``train``; ``benchmark`` picks one by name.
+    The config is parsed and checked as ``itkm fit`` does it (same ``--data.root ...`` overrides; a
+    ``class_path`` must name a dataset source). ``split``: ``query``, ``gallery``, ``test`` (query + gallery) or
+    ``train``; ``benchmark`` picks one by name.
     """
-    import yaml
-    from jsonargparse.typing import import_object
+    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.config_files import source_class
 
-    data: dict = {}
     for config in configs:
-        path = Path(config).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"config {path} does not exist")
-        data.update((yaml.safe_load(path.read_text()) or {}).get("data") or {})
-    if not data.get("sources"):
+        if not Path(config).expanduser().is_file():
+            raise FileNotFoundError(f"config {config} does not exist")
+    data = parse_fit_config([str(Path(c).expanduser()) for c in configs], overrides).get("data")
+    if data is None or not data.get("sources"):
         raise ValueError(f"{', '.join(map(str, configs))}: no data.sources to read images from")
     root = Path(data.get("root") or "data")
     benchmarks = []
-    for entry in data["sources"]:
-        source = import_object(entry["class_path"])(**(entry.get("init_args") or {}))
+    for entry in data.sources:
+        init = entry.get("init_args")
+        source = source_class(entry.class_path)(**(init.as_dict() if hasattr(init, "as_dict") else init or {}))
         benchmarks.extend(source.load(root))
     if benchmark is not None:
         names = [b.name for b in benchmarks]
@@ -161,7 +163,11 @@ def load_embeddings(folder: str | Path) -> tuple[np.ndarray, list[dict[str, str]
     folder = Path(folder)
     if not is_embedding_dir(folder):
         raise FileNotFoundError(f"{folder} has no {FEATURES_FILE} + {INDEX_FILE}; create it with `itkm embed`")
-    features = np.load(folder / FEATURES_FILE)
+    try:
+        features = np.load(folder / FEATURES_FILE, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # truncated, or not a plain array
+        raise ValueError(f"{folder / FEATURES_FILE} cannot be read ({str(err).strip().splitlines()[0]}); "
+                         f"embed the folder again with `itkm embed`") from None
     with (folder / INDEX_FILE).open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if features.ndim != 2 or len(rows) != len(features):

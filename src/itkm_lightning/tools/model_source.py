@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from itkm_lightning import safe_load
 from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, clip_architecture
 
 ENCODER_PREFIX = "encoder."
@@ -98,9 +99,5 @@ def _as_backbone(value: Any) -> BackboneConfig:
 
 
 def _torch_load(path: Path) -> Any:
-    # Lightning checkpoints pickle the hyper-parameters (pydantic configs), which weights_only refuses;
-    # only open checkpoints you trust, as with any Lightning checkpoint.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated files, other formats: name the file instead of a pickle traceback
-        raise ValueError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    # weights_only: a file holding code is refused (its pydantic hyper-parameters are allow-listed there).
+    return safe_load.load(path, what="model file", fix="pass a run directory, a .ckpt checkpoint or a handoff.pt file")

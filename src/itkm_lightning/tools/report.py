@@ -47,6 +47,12 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _value(metrics: dict, metric: str) -> str:
+    """``45.1`` or, for a multi-trial protocol, ``45.1 ± 1.2`` (percent)."""
+    std = metrics.get(f"{metric}_std")
+    return f"{100 * metrics[metric]:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
 def results_table(results: dict) -> str:
     stages = [s for s in STAGE_ORDER if s in results] + [s for s in results if s not in STAGE_ORDER]
     rows = []
@@ -57,7 +63,7 @@ def results_table(results: dict) -> str:
         for bench, metrics in per_bench.items():
             if not (isinstance(metrics, dict) and "mAP" in metrics):
                 continue  # e.g. stage2's text statistics: shown separately
-            cells = "".join(f"<td>{100 * metrics[m]:.1f}</td>" if m in metrics else "<td>-</td>" for m in METRICS)
+            cells = "".join(f"<td>{_value(metrics, m)}</td>" if m in metrics else "<td>-</td>" for m in METRICS)
             rows.append(f"<tr><td>{escape(stage)}</td><td>{escape(bench)}</td>{cells}</tr>")
     if not rows:
         return "<p class='muted'>no results.json yet (the run has not finished an evaluation)</p>"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from itkm_lightning.handoffs import load_handoff
 from itkm_lightning.tools.features import embed_samples
 from itkm_lightning.tools.figures import (
     embedding_scatter,
@@ -51,7 +52,7 @@ def write_run_figures(run_dir: str | Path, model, datamodule, *, num_queries: in
             figures[f"pseudo_labels_{stage}"] = written
     stage2 = run_dir / "stage2" / "handoff.pt"
     if stage2.is_file():
-        handoff = torch.load(stage2, map_location="cpu", weights_only=False)
+        handoff = load_handoff(stage2)
         figures["text_prototypes"] = prototype_similarity(
             handoff["text_features"].float().numpy(), handoff["cluster_scenario"].numpy(), out / "text_prototypes.png")
     else:

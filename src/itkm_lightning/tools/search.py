@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,13 @@ class GalleryIndex:
         if backend == "faiss" and saved.is_file() and saved.stat().st_mtime >= (folder / FEATURES_FILE).stat().st_mtime:
             import faiss
 
-            index = faiss.read_index(str(saved))
-            if index.ntotal == len(gallery) and index.d == gallery.shape[1]:
+            try:
+                index = faiss.read_index(str(saved))
+            except RuntimeError as err:  # a damaged index is only a cache of the features: rebuild it
+                warnings.warn(f"{saved} cannot be read ({str(err).strip().splitlines()[0]}); rebuilding it from "
+                              f"{FEATURES_FILE}", stacklevel=2)
+                index = None
+            if index is not None and index.ntotal == len(gallery) and index.d == gallery.shape[1]:
                 return cls(gallery, "faiss", index=index)
         built = cls(gallery, backend)
         built.save(saved)
@@ -131,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _features_of(inputs: list[str], args, role: str, open_model) -> tuple[np.ndarray, list[str], Path | None]:
     """(features, paths, embedding folder or None) of an `itkm embed` folder or of images embedded now."""
+    missing = [p for p in inputs if not Path(p).expanduser().exists()]
+    if missing:
+        raise FileNotFoundError(f"{role} {', '.join(missing)} does not exist; pass an `itkm embed` folder or "
+                                "image files/folders")
     if len(inputs) == 1 and is_embedding_dir(inputs[0]):
         features, rows = load_embeddings(inputs[0])
         return features, [r["path"] for r in rows], Path(inputs[0])

@@ -1,4 +1,4 @@
-"""Loaders of the real benchmarks in their official on-disk layouts (protocols.md sections 2-4, 6).
+"""Loaders of the real benchmarks in their official on-disk layouts (docs/protocols.md sections 2-4, 6).
 
 Config sections name them by ``class_path``, e.g. ``itkm_lightning.data.datasets.SYSUMM01``; where each
 dataset goes under ``data.root`` is in ``data/README.md``.

@@ -1,4 +1,4 @@
-"""Clothing-change benchmarks: PRCC, LTCC, VC-Clothes, Celeb-reID (protocols.md sections 4, 5.6).
+"""Clothing-change benchmarks: PRCC, LTCC, VC-Clothes, Celeb-reID (docs/protocols.md sections 4, 5.6).
 
 Every image is group 0; the datamodule adds the clothing-agnostic group-1 view of each training image
 itself. When a dataset folder holds ``masks/`` mirroring its image tree (``masks/<relative path>.png``,
@@ -111,7 +111,7 @@ def _prcc_pid_and_name(path: Path, folder: Path) -> tuple[int, str]:
 
 
 def _prcc_clothes(pid: int, camera_letter: str) -> str:
-    """Cameras A and B show the same outfit, camera C a different one (protocols.md 4.1)."""
+    """Cameras A and B show the same outfit, camera C a different one (docs/protocols.md 4.1)."""
     return f"{pid}C" if camera_letter == "C" else f"{pid}"
 
 
@@ -255,7 +255,7 @@ VCCLOTHES_TREE = """VC-Clothes/
   gallery/..."""
 VCCLOTHES_PATTERN = r"(\d+)-(\d+)-(\d+)-(\d+)"
 VCCLOTHES_SETTINGS: dict[str, tuple[int, ...] | None] = {"all": None, "sc": (2, 3), "cc": (3, 4)}
-"""Cameras kept in both query and gallery per setting (protocols.md 5.6); None keeps all four."""
+"""Cameras kept in both query and gallery per setting (docs/protocols.md 5.6); None keeps all four."""
 
 
 def _vcclothes_labels(groups: tuple[str, ...]) -> Labels:
@@ -300,7 +300,7 @@ class VCClothes(DatasetSource):
 CELEB_TRAIN_CAMERA = 0
 CELEB_QUERY_CAMERA = 1
 CELEB_GALLERY_CAMERA = 2
-"""Sentinel cameras (protocols.md 5.1): Celeb-reID has none, so queries and gallery get two different
+"""Sentinel cameras (docs/protocols.md 5.1): Celeb-reID has none, so queries and gallery get two different
 values and the same-camera removal never fires."""
 CELEB_PATTERN = r"(\d+)_"
 CELEB_TREE = """{folder}/

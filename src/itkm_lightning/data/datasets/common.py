@@ -1,4 +1,4 @@
-"""Helpers shared by the real-dataset loaders (protocols.md section 1).
+"""Helpers shared by the real-dataset loaders (docs/protocols.md section 1).
 
 Every loader lists images sorted by their path relative to the dataset root, reads only the expected
 image extensions, parses labels from relative path components, and fails on a bad layout with a message
@@ -67,7 +67,7 @@ def is_image(path: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> bool:
 
 
 def relative_key(path: Path, root: Path) -> str:
-    """The sort key of protocols.md section 1: the path relative to ``root`` in POSIX form."""
+    """The sort key of docs/protocols.md section 1: the path relative to ``root`` in POSIX form."""
     return path.relative_to(root).as_posix()
 
 

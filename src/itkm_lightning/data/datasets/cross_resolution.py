@@ -1,4 +1,4 @@
-"""Cross-resolution benchmarks: Market-1501, CUHK01 and the MLR sets (protocols.md sections 3, 5.7, 6).
+"""Cross-resolution benchmarks: Market-1501, CUHK01 and the MLR sets (docs/protocols.md sections 3, 5.7, 6).
 
 Groups of scenario ``cr``: 0 = high resolution (HR), 1 = low resolution (LR). Camera numbers are the
 datasets' own (1-based). Every benchmark here is scored Market-style (protocol ``market``); queries whose
@@ -34,6 +34,7 @@ from itkm_lightning.data.datasets.common import (
     resolve_dataset_dir,
 )
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
+from itkm_lightning.evaluation import SINGLE_GALLERY_SHOT_DRAWS
 from itkm_lightning.data.sources import DatasetSource
 
 SCENARIO = "cr"
@@ -53,7 +54,7 @@ MLR_CAMERAS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "cuhk03": ((1,), (2,)),
     "viper": ((1,), (2,)),
 }
-"""Designated (HR cameras, LR cameras) of each source, as output camera numbers (protocols.md 6.1)."""
+"""Designated (HR cameras, LR cameras) of each source, as output camera numbers (docs/protocols.md 6.1)."""
 
 # ============================================================================= Market-1501
 MARKET_FOLDER = "Market-1501-v15.09.15"
@@ -77,7 +78,7 @@ def parse_market_name(name: str) -> tuple[int, int] | None:
 class MarketImage:
     path: Path
     key: str
-    """Path relative to the dataset folder (the sort key of protocols.md section 1)."""
+    """Path relative to the dataset folder (the sort key of docs/protocols.md section 1)."""
     pid: int
     cam: int
 
@@ -107,7 +108,7 @@ def find_market_dir(root: Path) -> Path:
 
 
 class Market1501(DatasetSource):
-    """Market-1501 in its official layout, scored Market-style: benchmark ``market1501`` (protocols.md 3.1, 5.2).
+    """Market-1501 in its official layout, scored Market-style: benchmark ``market1501`` (docs/protocols.md 3.1, 5.2).
 
     Junk (pid -1) is dropped everywhere; distractors (pid 0) stay in the gallery only. Every image is at
     its native resolution, so every sample is group 0 (HR) of scenario ``cr``; the cross-resolution
@@ -266,7 +267,7 @@ class CUHK03Image:
     """Where the pixels are: a file path (extracted form) or an h5py object reference (``.mat``)."""
 
     def key(self, boxes: str) -> str:
-        """The extracted name relative to the dataset folder, the sort key of protocols.md 6.2."""
+        """The extracted name relative to the dataset folder, the sort key of docs/protocols.md 6.2."""
         return f"images_{boxes}/{self.pair}_{self.person:03d}_{self.view}_{self.index:02d}.png"
 
 
@@ -464,13 +465,19 @@ def _mlr_tree(folder: str, source: str) -> str:
 
 
 class _MLRSource(DatasetSource):
-    """An MLR set written by ``itkm prepare mlr`` (recipe mlr-v1): LR queries vs HR gallery, Market-style."""
+    """An MLR set written by ``itkm prepare mlr`` (recipe mlr-v1): LR queries vs HR gallery, Market-style.
+
+    With ``single_gallery_shot`` a second benchmark ``<name>_sgs`` scores the same query and gallery with the
+    literature's protocol (docs/protocols.md 5.7): CMC averaged over 10 seeded one-HR-image-per-identity
+    galleries, mAP on the full gallery; its results.json entry says ``"protocol": "single_gallery_shot"``.
+    """
 
     source_key: ClassVar[str]
     name: ClassVar[str]
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, single_gallery_shot: bool = False) -> None:
         self.path = path
+        self.single_gallery_shot = single_gallery_shot
 
     @property
     def folder(self) -> str:
@@ -509,7 +516,12 @@ class _MLRSource(DatasetSource):
         if not bench.query or not bench.gallery:
             raise ValueError(f"{self.name}: {dataset_dir} has no query or no gallery images; rebuild it.")
         log_unmatched_queries(bench)
-        return [bench]
+        if not self.single_gallery_shot:
+            return [bench]
+        literature = BenchmarkSplit(name=f"{self.name}_sgs", scenario=SCENARIO, protocol=PROTOCOL,
+                                    query=list(bench.query), gallery=list(bench.gallery),
+                                    single_gallery_shot=SINGLE_GALLERY_SHOT_DRAWS)
+        return [bench, literature]
 
     def _check_files(self, dataset_dir: Path, rows: list[ManifestRow]) -> None:
         missing = [f"{r.folder}/{r.file}" for r in rows if not (dataset_dir / r.folder / r.file).is_file()]
@@ -527,6 +539,7 @@ class MLRMarket1501(_MLRSource):
 
     Args:
         path: the ``MLR-Market1501`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-Market1501``.
+        single_gallery_shot: also score ``mlr_market1501_sgs`` with the literature's protocol (docs/protocols.md 5.7).
     """
 
     source_key = "market1501"
@@ -540,6 +553,7 @@ class MLRCUHK03(_MLRSource):
 
     Args:
         path: the ``MLR-CUHK03`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-CUHK03``.
+        single_gallery_shot: also score ``mlr_cuhk03_sgs`` with the literature's protocol (docs/protocols.md 5.7).
     """
 
     source_key = "cuhk03"
@@ -553,6 +567,7 @@ class MLRVIPeR(_MLRSource):
 
     Args:
         path: the ``MLR-VIPeR`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-VIPeR``.
+        single_gallery_shot: also score ``mlr_viper_sgs`` with the literature's protocol (docs/protocols.md 5.7).
     """
 
     source_key = "viper"

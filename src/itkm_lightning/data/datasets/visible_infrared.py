@@ -1,4 +1,4 @@
-"""Visible-infrared benchmarks: SYSU-MM01, RegDB and LLCM (protocols.md sections 2, 5.3-5.5).
+"""Visible-infrared benchmarks: SYSU-MM01, RegDB and LLCM (docs/protocols.md sections 2, 5.3-5.5).
 
 Groups: 0 = visible, 1 = infrared (thermal / NIR). Camera numbers are the datasets' own.
 The single-shot galleries of SYSU-MM01 and LLCM are drawn exactly as the official test scripts draw
@@ -47,7 +47,7 @@ SYSU_TREE = """SYSU-MM01/
 
 # ----------------------------------------------------------------------------- RegDB constants
 REGDB_CAMERAS = {"visible": 1, "thermal": 2}
-"""RegDB has one camera per modality; protocols.md 2.2 numbers them 1 (visible) and 2 (thermal)."""
+"""RegDB has one camera per modality; docs/protocols.md 2.2 numbers them 1 (visible) and 2 (thermal)."""
 REGDB_TREE = """RegDB/
   Visible/<id>/*.bmp
   Thermal/<id>/*.bmp
@@ -138,7 +138,7 @@ def _sysu_ids(dataset_dir: Path, split: str) -> list[int]:
 
 
 def sysu_gallery(root: str | Path, mode: Literal["all", "indoor"], trial: int) -> list[str]:
-    """The official SYSU-MM01 single-shot gallery of one trial (protocols.md 5.3), as image paths.
+    """The official SYSU-MM01 single-shot gallery of one trial (docs/protocols.md 5.3), as image paths.
 
     ``random.seed(trial)``; ids of ``exp/test_id.txt`` ascending; cameras 1, 2, 4, 5 (``all``) or
     1, 2 (``indoor``) in that order; ``random.choice`` over each ``camX/<id:04d>`` folder's sorted file

@@ -1,0 +1,64 @@
+"""Reading a saved file never runs code: every ``torch.load`` of the project goes through :func:`load`.
+
+``torch.load(weights_only=True)`` unpickles only tensors, containers, numbers and allow-listed classes. Our
+pydantic configs (data only) are allow-listed, because Lightning pickles a stage's hyper-parameters, which
+hold them when the stage was built outside LightningCLI. Anything else (a ``__reduce__`` payload) is refused
+with :class:`UnsafeFileError` before any of it runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class UnsafeFileError(ValueError):
+    """A file that would need arbitrary code (not just data) to load; nothing of it was executed."""
+
+
+class UnreadableFileError(ValueError):
+    """A file that exists but is not a PyTorch file (truncated, empty, another format)."""
+
+
+@functools.cache
+def register_safe_types() -> None:
+    """Allow-list the project's config classes for ``weights_only`` loading (Lightning's own loads included)."""
+    from itkm_lightning.config import ClusteringConfig, OptimConfig, StageEpochs, WandbConfig
+    from itkm_lightning.models.clip import BackboneConfig
+
+    torch.serialization.add_safe_globals([BackboneConfig, ClusteringConfig, OptimConfig, StageEpochs, WandbConfig])
+
+
+def _refused_global(err: BaseException) -> str | None:
+    """The global that ``weights_only`` refused (e.g. ``builtins.exec``), if that is why loading failed."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:
+        return found.group(1)
+    return "a non-data object" if "Weights only load failed" in str(err) else None
+
+
+def load(path: str | Path, *, what: str = "file", fix: str = "", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; one-line errors that name the file and ``fix``."""
+    register_safe_types()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist{'; ' + fix if fix else ''}")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; a truncated one lost its directory
+        raise UnreadableFileError(f"{what} {path} cannot be read (not a PyTorch file: truncated, empty or another "
+                                  f"format){'; ' + fix if fix else ''}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for damaged files
+        refused = _refused_global(err)
+        if refused is not None:
+            raise UnsafeFileError(
+                f"{what} {path} was refused: it contains {refused}, which is code, not data (nothing was run). "
+                f"Only load files you made with itkm{'; ' + fix if fix else ''}") from None
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UnreadableFileError(f"{what} {path} cannot be read ({type(err).__name__}: {detail})"
+                                  f"{'; ' + fix if fix else ''}") from err
