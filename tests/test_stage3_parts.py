@@ -108,6 +108,39 @@ def test_ihm_is_the_intersection_of_image_and_text_neighbours():
     assert pos.shape == (6, 2)
 
 
+def test_ihm_text_neighbours_keep_every_candidate_tied_with_the_kth():
+    """u is constant inside a cluster, so a whole cluster ties in text space: the intersection must keep the
+    image neighbours of that cluster, whichever 10 of its 20 members they are (issue 13, defect 1)."""
+    k, dim = 10, 64
+    eye = torch.eye(dim)
+    # other group (block 1): cluster A = 20 members, cluster B = 20 members
+    img_a = [F.normalize(eye[0 if j < 10 else 1] + 0.1 * eye[2 + j], dim=0) for j in range(20)]
+    img_b = [eye[30 + j] for j in range(20)]
+    queries = [eye[0], eye[1]]  # image top-10: members 0-9 of A, then members 10-19 of A
+    img = torch.stack(queries + img_a + img_b)
+    text = torch.stack([eye[0]] * 2 + [eye[0]] * 20 + [eye[1]] * 20)[:, :8]  # per-cluster constant u
+    blocks = torch.tensor([0, 0] + [1] * 40)
+    other = torch.tensor([1, 0])
+    members_a = set(range(2, 22))
+    for order in (torch.arange(42), torch.cat([torch.arange(2), 2 + torch.randperm(40, generator=torch.Generator().manual_seed(0))])):
+        pos = instance_positives(img[order], text[order], blocks, other, k=k)
+        for q in range(2):
+            found = {int(order[i]) for i in pos[q][pos[q] >= 0]}
+            image_top = {int(order[2 + i]) for i in (img[order][2:] @ img[order][q]).topk(k).indices}
+            assert found == image_top and found <= members_a and len(found) == k
+
+
+def test_ihm_text_neighbours_still_cut_at_k_without_ties():
+    """Distinct text similarities: the text top-k is exactly k candidates, as before."""
+    img = F.normalize(torch.tensor([[1.0, 0.0]] + [[1.0, 0.01 * j] for j in range(6)]), dim=1)
+    text = F.normalize(torch.tensor([[1.0, 0.0]] + [[1.0, 0.2 * (5 - j)] for j in range(6)]), dim=1)
+    pos = instance_positives(img, text, torch.tensor([0] + [1] * 6), torch.tensor([1, 0]), k=3)
+    # image top-3: candidates 1, 2, 3 (smallest angle); text top-3: 6, 5, 4 -> no overlap
+    assert (pos[0] < 0).all()
+    pos = instance_positives(img, text, torch.tensor([0] + [1] * 6), torch.tensor([1, 0]), k=4)
+    assert set(pos[0][pos[0] >= 0].tolist()) == {3, 4}  # image 1-4, text 6-3
+
+
 def test_topk_chunks_give_the_same_answer(monkeypatch):
     import itkm_lightning.matching as matching
 

@@ -4,7 +4,7 @@
   extra rounds for the clusters of the larger side left over (many-to-one), pairs below a similarity
   threshold dropped.
 * IHM (instance level): the intersection of an instance's top-k neighbours in the other group in image
-  space and in text space.
+  space and in text space (the text top-k keeps every candidate tied with the k-th).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from scipy.optimize import linear_sum_assignment
 
 # Bounds the (row chunk x other group) similarity matrix of the IHM search (float32 entries).
 IHM_BLOCK_ELEMENTS = 1 << 25
+# Dot products of equal unit vectors with one query may differ in the last bits (blocked matrix products).
+TEXT_TIE_TOLERANCE = 1e-5
 
 
 def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2) -> np.ndarray:
@@ -74,13 +76,23 @@ def topk_other(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> torch
 
     Rows are processed in chunks so memory stays bounded by ``IHM_BLOCK_ELEMENTS`` whatever the size.
     """
+    return _topk_chunked(queries, candidates, k)[1]
+
+
+def kth_similarity(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Each query's ``k``-th largest similarity (dot product) to the candidates, [Nq] (k capped at their number)."""
+    return _topk_chunked(queries, candidates, k)[0][:, -1]
+
+
+def _topk_chunked(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     k = min(k, candidates.shape[0])
-    out = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
+    values = torch.empty(queries.shape[0], k, dtype=queries.dtype, device=queries.device)
+    indices = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
     chunk = max(1, IHM_BLOCK_ELEMENTS // max(1, candidates.shape[0]))
     for start in range(0, queries.shape[0], chunk):
-        sims = queries[start:start + chunk] @ candidates.t()
-        out[start:start + chunk] = sims.topk(k, dim=1).indices
-    return out
+        top = (queries[start:start + chunk] @ candidates.t()).topk(k, dim=1)
+        values[start:start + chunk], indices[start:start + chunk] = top.values, top.indices
+    return values, indices
 
 
 def instance_positives(
@@ -89,12 +101,15 @@ def instance_positives(
     blocks: torch.Tensor,
     other_block: torch.Tensor,
     k: int = 10,
+    tie_tolerance: float = TEXT_TIE_TOLERANCE,
 ) -> torch.Tensor:
     """IHM positive sets, [N, k] of global instance indices padded with -1 (an empty set is all -1).
 
     For instance i of block b, the candidates are the instances of ``other_block[b]`` (the other group of
-    the same scenario; -1 = none); positives are the candidates among both its image-space and its
-    text-space top-k.
+    the same scenario; -1 = none); positives are the candidates among both its image-space top-k and its
+    text-space top-k. The text top-k holds every candidate tied with the k-th: the instance text ``u`` is
+    the same for every member of a cluster (Stage II's initialisation, DRU), so a whole cluster of the
+    other group ties, and cutting through the tie by index would keep an arbitrary part of it.
 
     Args:
         image_features: [N, D] L2-normalised image features.
@@ -102,6 +117,8 @@ def instance_positives(
         blocks: [N] block of each instance.
         other_block: [num_blocks] the paired block of each block, -1 if the scenario lacks it.
         k: neighbours searched in each space.
+        tie_tolerance: text similarities within this of the k-th count as tied with it (rounding of equal
+            vectors' dot products).
     """
     if k < 1:
         raise ValueError(f"IHM k must be >= 1; got {k}")
@@ -115,8 +132,14 @@ def instance_positives(
         if cand.numel() == 0:
             continue
         by_image = topk_other(image_features[rows], image_features[cand], k)
-        by_text = topk_other(text_features[rows], text_features[cand], k)
-        in_both = (by_image[:, :, None] == by_text[:, None, :]).any(dim=2)
+        query_text = text_features[rows]
+        kth = kth_similarity(query_text, text_features[cand], k)
+        text_sim = torch.empty(by_image.shape, dtype=query_text.dtype, device=query_text.device)
+        chunk = max(1, IHM_BLOCK_ELEMENTS // max(1, by_image.shape[1] * query_text.shape[1]))
+        for start in range(0, len(rows), chunk):  # text similarity of the image neighbours only
+            neighbours = text_features[cand[by_image[start:start + chunk]]]  # [chunk, k, P]
+            text_sim[start:start + chunk] = torch.bmm(neighbours, query_text[start:start + chunk, :, None])[..., 0]
+        in_both = text_sim >= kth[:, None] - tie_tolerance
         found = torch.where(in_both, cand[by_image], torch.full_like(by_image, -1))
         # Positives first, padding last, so the table reads naturally.
         found = found.gather(1, (~in_both).to(torch.int8).argsort(dim=1, stable=True))
