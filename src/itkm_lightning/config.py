@@ -31,8 +31,8 @@ class OptimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: float = Field(5e-6, gt=0.0, description="learning rate of pretrained CLIP weights")
-    lr_new: float = Field(3.5e-4, gt=0.0, description="learning rate of new parameters (scenario embedding, branches)")
+    lr: float = Field(5e-6, gt=0.0, description="learning rate of weights initialised from CLIP (extra patch branches included)")
+    lr_new: float = Field(3.5e-4, gt=0.0, description="learning rate of parameters new to CLIP (the scenario embedding)")
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(1, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
