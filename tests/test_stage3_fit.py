@@ -98,7 +98,7 @@ def test_switches_turn_losses_off_and_freeze_the_projection(tiny_backbone):
 
 
 @pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"dru_alpha": 2.0}, {"ihm_k": 0}, {"chm_rounds": 0},
-                                 {"chm_threshold": 1.5}])
+                                 {"chm_threshold": 1.5}, {"txt_label_smoothing": 1.0}])
 def test_bad_knobs_are_rejected(tiny_backbone, bad):
     with pytest.raises(ValueError, match="stage3"):
         Stage3(backbone=tiny_backbone, **bad)

@@ -191,6 +191,30 @@ def test_text_loss_against_hand_formula():
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
 
 
+def test_text_loss_label_smoothing_spreads_over_the_own_block_only():
+    """eps 0.1: (1 - eps) * -log p_y + eps * mean over the K clusters of the sample's block (CLIP-ReID)."""
+    torch.manual_seed(0)
+    v, prototypes = torch.randn(5, 8), F.normalize(torch.randn(7, 8), dim=1)
+    prototype_blocks = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    sample_blocks = torch.tensor([0, 0, 1, 1, 1])
+    labels = torch.tensor([0, 2, 3, 6, 4])
+    scale = 10.0
+    plain = text_contrastive_loss(v, prototypes, prototype_blocks, sample_blocks, labels, scale)
+    smoothed = text_contrastive_loss(v, prototypes, prototype_blocks, sample_blocks, labels, scale, label_smoothing=0.1)
+    assert torch.isfinite(smoothed) and not torch.isclose(smoothed, plain)
+    expected = []
+    for i in range(5):
+        own = torch.nonzero(prototype_blocks == sample_blocks[i]).flatten()
+        logits = scale * F.normalize(v[i], dim=0) @ prototypes[own].t()
+        target = int(torch.nonzero(own == labels[i]))
+        expected.append(F.cross_entropy(logits[None], torch.tensor([target]), label_smoothing=0.1))
+        log_p = F.log_softmax(logits, dim=0)
+        assert torch.isclose(expected[-1], 0.9 * -log_p[target] - 0.1 * log_p.mean())
+    assert torch.isclose(smoothed, torch.stack(expected).mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="smoothing"):
+        text_contrastive_loss(v, prototypes, prototype_blocks, sample_blocks, labels, scale, label_smoothing=1.0)
+
+
 def test_matching_quality_counts_right_pairs_and_positives():
     labels = np.array([0, 0, 1, 1, 2, -1])
     identity = np.array([7, 7, 7, 8, 9, 9])

@@ -72,6 +72,8 @@ class Stage3(ReIDStage):
         ihm_k: neighbours searched in image and in text space.
         txt: use L_txt (trains ``visual_projection`` too; off: the projection is frozen).
         txt_weight: lambda_txt.
+        txt_label_smoothing: eps of the label-smoothed L_txt (CLIP-ReID's and CCLNet's 0.1; 0 = plain
+            cross-entropy).
         flip_test: average features of an image and its mirror at test time.
         retrieval_feature: ``f`` or ``f+v``.
     """
@@ -100,6 +102,7 @@ class Stage3(ReIDStage):
         ihm_k: int = 10,
         txt: bool = True,
         txt_weight: float = 1.0,
+        txt_label_smoothing: float = 0.1,
         flip_test: bool = False,
         retrieval_feature: str = "f",
     ) -> None:
@@ -112,6 +115,7 @@ class Stage3(ReIDStage):
             (chm_rounds >= 1, f"stage3.chm_rounds must be >= 1; got {chm_rounds}"),
             (ihm_k >= 1, f"stage3.ihm_k must be >= 1; got {ihm_k}"),
             (min(chm_weight, ihm_weight, txt_weight) >= 0, "stage3 loss weights must be >= 0"),
+            (0.0 <= txt_label_smoothing < 1.0, f"stage3.txt_label_smoothing must be in [0, 1); got {txt_label_smoothing}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -125,7 +129,7 @@ class Stage3(ReIDStage):
         self.chm, self.chm_weight, self.chm_threshold = chm, chm_weight, chm_threshold
         self.chm_rounds, self.chm_text = chm_rounds, chm_text
         self.ihm, self.ihm_weight, self.ihm_k = ihm, ihm_weight, ihm_k
-        self.txt, self.txt_weight = txt, txt_weight
+        self.txt, self.txt_weight, self.txt_label_smoothing = txt, txt_weight, txt_label_smoothing
         if not txt:
             self.encoder.visual_projection.requires_grad_(False)  # nothing reads v (and DDP sees no unused param)
         self.memory = ClusterMemory(self.encoder.feature_dim, momentum=memory_momentum)
@@ -281,7 +285,7 @@ class Stage3(ReIDStage):
             loss = loss + self.ihm_weight * losses["ihm"]
         if self.txt and self.txt_weight > 0:
             losses["txt"] = text_contrastive_loss(out.v, self.prototypes, self.memory.blocks, blocks, labels,
-                                                  self._handoff["logit_scale"])
+                                                  self._handoff["logit_scale"], self.txt_label_smoothing)
             loss = loss + self.txt_weight * losses["txt"]
         # Every rank applies the same memory updates from all ranks' samples, so memories stay identical.
         all_f, all_labels, all_index = (all_gather_variable(t) for t in (f.detach(), labels, index))
