@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from itkm_lightning.callbacks.heterogeneous import majority_identity, matching_quality
-from itkm_lightning.matching import instance_positives, match_clusters, partner_table, topk_other
+from itkm_lightning.matching import (
+    group_centred_similarity,
+    instance_positives,
+    match_clusters,
+    partner_table,
+    topk_other,
+)
 from itkm_lightning.models.losses import chm_loss, ihm_loss, multi_positive_nce, text_contrastive_loss
 from itkm_lightning.text_update import cluster_text, init_instance_text, update_instance_text
 
@@ -48,6 +54,46 @@ def test_threshold_drops_pairs_below_it_without_reassigning():
     pairs = {tuple(p) for p in match_clusters(SIM, threshold=0.82).tolist()}
     assert pairs == {(r, c) for r, c in {(0, 1), (1, 0), (2, 1)} if SIM[r, c] >= 0.82} == {(1, 0)}
     assert match_clusters(np.zeros((0, 3))).shape == (0, 2)
+
+
+def pair_set(pairs: np.ndarray) -> set[tuple[int, int]]:
+    return {tuple(p) for p in pairs.tolist()}
+
+
+def test_reliability_criteria_other_than_the_threshold_ignore_a_global_offset():
+    rng = np.random.default_rng(0)
+    sim = rng.uniform(-0.2, 0.2, size=(6, 5)) + 0.8 * np.eye(6, 5)  # cluster i of one group is cluster i of the other
+    shifted = sim - 0.6  # a gap between the groups lowers every similarity alike
+    for reliability in ("none", "mutual", "quantile"):
+        assert pair_set(match_clusters(shifted, reliability=reliability)) == \
+            pair_set(match_clusters(sim, reliability=reliability)), reliability
+    assert pair_set(match_clusters(sim, reliability="mutual")) == {(i, i) for i in range(5)}
+    assert len(match_clusters(sim, reliability="none")) == 6  # 5 one-to-one + row 5 in round 2
+    assert len(match_clusters(sim, reliability="quantile", quantile=0.5)) == 3
+    assert len(match_clusters(sim, threshold=0.5)) == 5 and len(match_clusters(shifted, threshold=0.5)) == 0
+    with pytest.raises(ValueError, match="reliability"):
+        match_clusters(sim, reliability="best")
+
+
+def test_mutual_neighbours_drop_the_pairs_of_a_hub():
+    # column 0 is every row's nearest (a hub); only row 0 is column 0's nearest
+    sim = np.array([[0.9, 0.1, 0.0],
+                    [0.8, 0.7, 0.0],
+                    [0.7, 0.0, 0.6]])
+    assert pair_set(match_clusters(sim, reliability="none")) == {(0, 0), (1, 1), (2, 2)}
+    assert pair_set(match_clusters(sim, reliability="mutual")) == {(0, 0)}
+
+
+def test_centred_similarity_removes_a_direction_shared_by_one_group():
+    torch.manual_seed(0)
+    people = F.normalize(torch.randn(8, 32), dim=1)
+    gap = 3.0 * F.normalize(torch.randn(32), dim=0)  # every group-1 feature carries it
+    group0 = F.normalize(people + 0.1 * torch.randn(8, 32), dim=1)
+    group1 = F.normalize(people + 0.1 * torch.randn(8, 32) + gap, dim=1)
+    raw = (group0 @ group1.t()).double().numpy()
+    centred = group_centred_similarity(group0, group1).double().numpy()
+    assert raw.max() < 0.5 and len(match_clusters(raw, threshold=0.5)) == 0
+    assert pair_set(match_clusters(centred, reliability="mutual")) == {(i, i) for i in range(8)}
 
 
 def test_partner_is_the_most_similar_kept_pair():

@@ -40,6 +40,30 @@ class OptimConfig(BaseModel):
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
 
 
+class CHMConfig(BaseModel):
+    """Stage III's cluster-level heterogeneous matching (method.md section 6.3): which pairs are kept.
+
+    Defaults measured on the demo (docs/design.md, "CHM reliability"): the modality gap puts every
+    infrared-visible cosine near 0, so method.md's absolute 0.5 keeps almost no vi pair; group-centred
+    similarities with mutual nearest neighbours kept the most precise pairs on vi and cr.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    similarity: Literal["cosine", "centred"] = Field(
+        "centred", description="cosine of the cluster centroids, or cosine after removing each group's mean "
+                               "centroid (a direction shared by one group's features drops out)")
+    reliability: Literal["threshold", "none", "mutual", "quantile"] = Field(
+        "mutual", description="which assigned pairs are kept: similarity >= threshold (method.md); every pair "
+                              "(PGM); pairs of mutual nearest neighbours; similarity >= the quantile of the "
+                              "scenario's assigned pairs")
+    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="smallest kept similarity (reliability=threshold)")
+    quantile: float = Field(0.5, ge=0.0, lt=1.0,
+                            description="fraction of the least similar assigned pairs dropped (reliability=quantile)")
+    rounds: int = Field(2, ge=1, description="Hungarian rounds: 1 = one-to-one; 2 = method.md's many-to-one round")
+    text: bool = Field(False, description="average the centroid similarity with that of the clusters' text prototypes")
+
+
 class StageEpochs(BaseModel):
     """Training epochs of each stage; unset = ``trainer.max_epochs``."""
 

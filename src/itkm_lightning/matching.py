@@ -1,8 +1,8 @@
 """Heterogeneous matching between the two groups of a scenario (method.md sections 6.3 and 6.4).
 
 * CHM (cluster level): Hungarian assignment of group-0 to group-1 clusters on the cost ``exp(-sim)``,
-  extra rounds for the clusters of the larger side left over (many-to-one), pairs below a similarity
-  threshold dropped.
+  extra rounds for the clusters of the larger side left over (many-to-one), unreliable pairs dropped
+  (``match_clusters``'s ``reliability``).
 * IHM (instance level): the intersection of an instance's top-k neighbours in the other group in image
   space and in text space (the text top-k keeps every candidate tied with the k-th).
 """
@@ -19,22 +19,40 @@ IHM_BLOCK_ELEMENTS = 1 << 25
 TEXT_TIE_TOLERANCE = 1e-5
 
 
-def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2) -> np.ndarray:
+CHM_RELIABILITY = ("threshold", "none", "mutual", "quantile")
+
+
+def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2, reliability: str = "threshold",
+                   quantile: float = 0.5) -> np.ndarray:
     """Reliable cluster pairs ``(row, col)`` of a [A, B] similarity matrix, shape [M, 2], sorted by row.
 
     Round 1 is a one-to-one Hungarian assignment (``min(A, B)`` pairs). Each further round assigns the
     still unmatched clusters of the larger side once more against every cluster of the smaller side, so a
-    cluster of the smaller side can take several partners (many-to-one). A pair is kept only if its
-    similarity is >= ``threshold``; dropped pairs are not re-assigned.
+    cluster of the smaller side can take several partners (many-to-one). Which assigned pairs are kept
+    (dropped pairs are not re-assigned) is ``reliability``:
+
+    * ``threshold``: similarity >= ``threshold`` (method.md's 0.5 on cosine);
+    * ``none``: every pair (PGM keeps every Hungarian pair);
+    * ``mutual``: the two clusters are each other's most similar cluster of the other side;
+    * ``quantile``: similarity >= the ``quantile`` of the assigned pairs' similarities (the least similar
+      fraction ``quantile`` is dropped).
+
+    All but ``threshold`` are unchanged by adding a constant to every similarity, as a gap between the
+    two groups' features does.
     """
     sim = np.asarray(sim, dtype=np.float64)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be a 2-D matrix; got shape {sim.shape}")
     if rounds < 1:
         raise ValueError(f"CHM rounds must be >= 1; got {rounds}")
+    if reliability not in CHM_RELIABILITY:
+        raise ValueError(f"CHM reliability must be one of {CHM_RELIABILITY}; got {reliability!r}")
+    if not 0.0 <= quantile < 1.0:
+        raise ValueError(f"CHM quantile must be in [0, 1); got {quantile}")
     if 0 in sim.shape:
         return np.zeros((0, 2), dtype=np.int64)
-    cost = np.exp(-sim)
+    # exp(-sim) / exp(-max): the same assignment, without overflow for similarities far below 0
+    cost = np.exp(sim.max() - sim)
     rows, cols = linear_sum_assignment(cost)
     pairs = [np.stack([rows, cols], axis=1)]
     rows_larger = sim.shape[0] > sim.shape[1]
@@ -50,8 +68,25 @@ def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2) -> 
         pairs.append(new)
         matched.update(left[r].tolist())
     pairs = np.concatenate(pairs).astype(np.int64)
-    pairs = pairs[sim[pairs[:, 0], pairs[:, 1]] >= threshold]
+    pair_sim = sim[pairs[:, 0], pairs[:, 1]]
+    if reliability == "threshold":
+        pairs = pairs[pair_sim >= threshold]
+    elif reliability == "mutual":
+        pairs = pairs[(sim.argmax(axis=1)[pairs[:, 0]] == pairs[:, 1]) & (sim.argmax(axis=0)[pairs[:, 1]] == pairs[:, 0])]
+    elif reliability == "quantile":
+        pairs = pairs[pair_sim >= np.quantile(pair_sim, quantile)]
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def group_centred_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [A, B] of two groups' cluster centroids after removing each group's mean centroid.
+
+    A direction shared by all of one group's features (a modality gap) drops out, so similarities say which
+    clusters are close relative to the rest of their group.
+    """
+    a = torch.nn.functional.normalize(a - a.mean(dim=0, keepdim=True), dim=1)
+    b = torch.nn.functional.normalize(b - b.mean(dim=0, keepdim=True), dim=1)
+    return a @ b.t()
 
 
 def partner_table(pairs: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
