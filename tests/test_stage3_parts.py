@@ -94,6 +94,9 @@ def test_centred_similarity_removes_a_direction_shared_by_one_group():
     centred = group_centred_similarity(group0, group1).double().numpy()
     assert raw.max() < 0.5 and len(match_clusters(raw, threshold=0.5)) == 0
     assert pair_set(match_clusters(centred, reliability="mutual")) == {(i, i) for i in range(8)}
+    # one cluster on a side: no mean to remove there, the cosine stays finite and meaningful
+    single = group_centred_similarity(group0[:1], group1)
+    assert torch.isfinite(single).all() and int(single.argmax()) == 0
 
 
 def test_partner_is_the_most_similar_kept_pair():

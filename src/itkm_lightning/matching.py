@@ -82,11 +82,13 @@ def group_centred_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity [A, B] of two groups' cluster centroids after removing each group's mean centroid.
 
     A direction shared by all of one group's features (a modality gap) drops out, so similarities say which
-    clusters are close relative to the rest of their group.
+    clusters are close relative to the rest of their group. A group of one cluster is left as it is
+    (centred, it would be the zero vector).
     """
-    a = torch.nn.functional.normalize(a - a.mean(dim=0, keepdim=True), dim=1)
-    b = torch.nn.functional.normalize(b - b.mean(dim=0, keepdim=True), dim=1)
-    return a @ b.t()
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x - x.mean(dim=0, keepdim=True) if len(x) > 1 else x, dim=1)
+
+    return centred(a) @ centred(b).t()
 
 
 def partner_table(pairs: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
