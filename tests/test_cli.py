@@ -95,3 +95,22 @@ def test_real_dataset_configs_without_data_name_the_layout(overlay, tmp_path, ca
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Expected layout" in err and "data/README.md" in err
     assert not (tmp_path / "run").exists()  # nothing written half-way
+
+
+def test_reference_recipe_values_reach_the_composed_configs(capsys):
+    """RegDB clusters with PGM's eps 0.3 in both clustering stages; ums.yaml greys visible images with p 0.5
+    (CCLNet); Stage III smooths L_txt by 0.1 (CLIP-ReID) unless a config says otherwise."""
+    import yaml
+
+    def printed(*configs: str) -> dict:
+        with pytest.raises(SystemExit):
+            main(["fit", *[a for c in configs for a in ("--config", str(REPO / "conf" / c))], "--print_config"])
+        return yaml.safe_load(capsys.readouterr().out)
+
+    regdb = printed("ums.yaml", "regdb.yaml")
+    assert regdb["model"]["clustering"]["eps"] == 0.3
+    assert regdb["stage3"]["init_args"]["clustering"]["eps"] == 0.3
+    ums = printed("ums.yaml")
+    assert ums["model"]["clustering"]["eps"] == 0.6 and ums["data"]["visible_grayscale"] == 0.5
+    assert ums["stage3"]["init_args"]["txt_label_smoothing"] == 0.1
+    assert ums["stage2"]["init_args"]["epoch_covers"] == "images"

@@ -185,11 +185,33 @@ def test_new_and_pretrained_parameters_partition(tiny_backbone):
     new_ids, pretrained_ids = {id(p) for p in new}, {id(p) for p in pretrained}
     assert not new_ids & pretrained_ids
     assert new_ids | pretrained_ids == {id(p) for p in encoder.parameters()}
-    expected_new = [encoder.scenario_embedding, *encoder.patch_embeddings[1].parameters()]
-    assert new_ids == {id(p) for p in expected_new}
-    assert id(encoder.patch_embeddings[0].weight) in pretrained_ids
+    assert new_ids == {id(encoder.scenario_embedding)}
+    # the second branch is a copy of CLIP's convolution: pretrained, not new
+    assert {id(p) for p in encoder.patch_embeddings.parameters()} <= pretrained_ids
     single = make_encoder(make_config(tiny_backbone, dual_branch=False, scenario_embedding="none"))
     assert single.new_parameters() == []
+
+
+@pytest.mark.parametrize("config", ["ums.yaml", "demo.yaml", "smoke.yaml"])
+def test_optimizer_gives_lr_new_to_the_scenario_embedding_only(tiny_backbone, config):
+    """The second patch branch is a copy of CLIP's convolution: it trains at the base lr, like branch 0;
+    only the scenario embedding gets lr_new (issue 13, defect 2). Every real config goes through this."""
+    import yaml
+
+    from itkm_lightning.config import OptimConfig
+    from itkm_lightning.stages.stage1 import Stage1
+
+    section = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / config).read_text())["model"]
+    optim = OptimConfig(**{**section.get("optim", {}), "warmup_epochs": 1})  # warm-up: no Trainer needed
+    module = Stage1(backbone=make_config(tiny_backbone, dual_branch=True, scenario_embedding="cls"), optim=optim)
+    optimizer = module.configure_optimizers()["optimizer"]
+    lr_of = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
+    encoder = module.encoder
+    assert lr_of[id(encoder.scenario_embedding)] == optim.lr_new
+    for branch in encoder.patch_embeddings:
+        assert all(lr_of[id(p)] == optim.lr for p in branch.parameters())
+    assert all(lr_of[id(p)] == optim.lr for p in encoder.encoder.parameters())
+    assert len(lr_of) == sum(1 for p in module.parameters() if p.requires_grad)
 
 
 def test_encoder_holds_no_unused_clip_parameters(tiny_backbone):

@@ -90,7 +90,7 @@ def test_sampler_batches_hold_distinct_clusters_of_every_scenario():
     labels = np.repeat(np.arange(10), 3)  # 10 clusters of 3 items
     cluster_scenario = np.array([0] * 6 + [1] * 3 + [2] * 1)
     sampler = ScenarioMixingClusterSampler(labels, cluster_scenario, clusters_per_batch=4, instances_per_cluster=2,
-                                           seed=1)
+                                           seed=1, cover="clusters")
     assert sampler.quotas == [2, 1, 1] and sampler.batch_size == 8 and sampler.num_batches == 3
     indices = list(sampler)
     assert len(indices) == len(sampler) == 24
@@ -101,6 +101,27 @@ def test_sampler_batches_hold_distinct_clusters_of_every_scenario():
         assert set(cluster_scenario[clusters[:, 0]]) == {0, 1, 2}
     sampler.set_epoch(1)
     assert list(sampler) != indices
+
+
+def test_sampler_epoch_shows_every_image_by_default():
+    """Stage II goes through every kept image each epoch (CLIP-ReID, CCLNet), not one batch per cluster."""
+    sizes = [7, 3, 3, 12, 2, 5, 1, 4]
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    cluster_scenario = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    sampler = ScenarioMixingClusterSampler(labels, cluster_scenario, clusters_per_batch=4, instances_per_cluster=3,
+                                           seed=0)
+    units = [sum(-(-n // 3) for n, s in zip(sizes, cluster_scenario) if s == scen) for scen in range(3)]
+    assert units == [9, 3, 3] and sampler.quotas == [2, 1, 1] and sampler.num_batches == 5
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        indices = np.asarray(list(sampler))
+        assert len(indices) == len(sampler) == 5 * 12
+        assert set(indices.tolist()) == set(range(labels.size))  # every image at least once
+        for batch in indices.reshape(-1, 12):
+            units_of_batch = labels[batch].reshape(4, 3)
+            assert (units_of_batch == units_of_batch[:, :1]).all()  # K items of one cluster per unit
+            assert set(cluster_scenario[units_of_batch[:, 0]]) == {0, 1, 2}
+    assert ScenarioMixingClusterSampler(labels, cluster_scenario, 4, 3, num_batches=2).num_batches == 2
 
 
 def test_scenario_quotas_are_proportional_and_capped():

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
-from itkm_lightning.config import ClusteringConfig, OptimConfig
+from pydantic import ValidationError
+
+from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.models.clip import CLIPImageEncoder
@@ -97,11 +99,39 @@ def test_switches_turn_losses_off_and_freeze_the_projection(tiny_backbone):
     assert Stage3(backbone=tiny_backbone).encoder.visual_projection.weight.requires_grad
 
 
-@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"dru_alpha": 2.0}, {"ihm_k": 0}, {"chm_rounds": 0},
-                                 {"chm_threshold": 1.5}])
+@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"dru_alpha": 2.0}, {"ihm_k": 0}, {"txt_label_smoothing": 1.0}])
 def test_bad_knobs_are_rejected(tiny_backbone, bad):
     with pytest.raises(ValueError, match="stage3"):
         Stage3(backbone=tiny_backbone, **bad)
+
+
+@pytest.mark.parametrize("bad", [{"rounds": 0}, {"threshold": 1.5}, {"quantile": 1.0}, {"reliability": "best"},
+                                 {"similarity": "l2"}])
+def test_bad_chm_settings_are_rejected(bad):
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        CHMConfig(**bad)
+
+
+def test_chm_keeps_the_pairs_across_a_gap_between_the_groups(tiny_backbone):
+    """Group 1's features all carry one extra direction (a modality gap): the default CHM (group-centred
+    similarity, mutual nearest neighbours) still pairs every person's two clusters; docs/method.md's absolute
+    threshold 0.5 on the raw cosine drops every pair (issue 13, defect 3)."""
+    torch.manual_seed(0)
+    people = F.normalize(torch.randn(6, 128), dim=1)
+    gap = 3.0 * F.normalize(torch.randn(128), dim=0)
+    features = torch.cat([people + 0.1 * torch.randn(6, 128), people + 0.1 * torch.randn(6, 128) + gap])
+    labels = torch.arange(12)
+    blocks = torch.tensor([0] * 6 + [1] * 6)
+    matched = {}
+    for name, cfg in (("default", CHMConfig()), ("main", CHMConfig(similarity="cosine", reliability="threshold"))):
+        model = Stage3(backbone=tiny_backbone, chm_matching=cfg)
+        model.block_names, model.other_block = [("vi", 0), ("vi", 1)], torch.tensor([1, 0])
+        model.memory.reset(F.normalize(features, dim=1), labels, blocks)
+        partner = model._match_clusters(torch.zeros(12, 4))
+        matched[name] = partner
+        assert model.chm_pairs["vi"].shape[1] == 2
+    assert matched["default"].tolist() == [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]
+    assert (matched["main"] == -1).all()
 
 
 def test_missing_or_mismatched_handoffs_are_clear_errors(synthetic_root, tiny_backbone):

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from itkm_lightning.callbacks.heterogeneous import majority_identity, matching_quality
-from itkm_lightning.matching import instance_positives, match_clusters, partner_table, topk_other
+from itkm_lightning.matching import (
+    group_centred_similarity,
+    instance_positives,
+    match_clusters,
+    partner_table,
+    topk_other,
+)
 from itkm_lightning.models.losses import chm_loss, ihm_loss, multi_positive_nce, text_contrastive_loss
 from itkm_lightning.text_update import cluster_text, init_instance_text, update_instance_text
 
@@ -48,6 +54,49 @@ def test_threshold_drops_pairs_below_it_without_reassigning():
     pairs = {tuple(p) for p in match_clusters(SIM, threshold=0.82).tolist()}
     assert pairs == {(r, c) for r, c in {(0, 1), (1, 0), (2, 1)} if SIM[r, c] >= 0.82} == {(1, 0)}
     assert match_clusters(np.zeros((0, 3))).shape == (0, 2)
+
+
+def pair_set(pairs: np.ndarray) -> set[tuple[int, int]]:
+    return {tuple(p) for p in pairs.tolist()}
+
+
+def test_reliability_criteria_other_than_the_threshold_ignore_a_global_offset():
+    rng = np.random.default_rng(0)
+    sim = rng.uniform(-0.2, 0.2, size=(6, 5)) + 0.8 * np.eye(6, 5)  # cluster i of one group is cluster i of the other
+    shifted = sim - 0.6  # a gap between the groups lowers every similarity alike
+    for reliability in ("none", "mutual", "quantile"):
+        assert pair_set(match_clusters(shifted, reliability=reliability)) == \
+            pair_set(match_clusters(sim, reliability=reliability)), reliability
+    assert pair_set(match_clusters(sim, reliability="mutual")) == {(i, i) for i in range(5)}
+    assert len(match_clusters(sim, reliability="none")) == 6  # 5 one-to-one + row 5 in round 2
+    assert len(match_clusters(sim, reliability="quantile", quantile=0.5)) == 3
+    assert len(match_clusters(sim, threshold=0.5)) == 5 and len(match_clusters(shifted, threshold=0.5)) == 0
+    with pytest.raises(ValueError, match="reliability"):
+        match_clusters(sim, reliability="best")
+
+
+def test_mutual_neighbours_drop_the_pairs_of_a_hub():
+    # column 0 is every row's nearest (a hub); only row 0 is column 0's nearest
+    sim = np.array([[0.9, 0.1, 0.0],
+                    [0.8, 0.7, 0.0],
+                    [0.7, 0.0, 0.6]])
+    assert pair_set(match_clusters(sim, reliability="none")) == {(0, 0), (1, 1), (2, 2)}
+    assert pair_set(match_clusters(sim, reliability="mutual")) == {(0, 0)}
+
+
+def test_centred_similarity_removes_a_direction_shared_by_one_group():
+    torch.manual_seed(0)
+    people = F.normalize(torch.randn(8, 32), dim=1)
+    gap = 3.0 * F.normalize(torch.randn(32), dim=0)  # every group-1 feature carries it
+    group0 = F.normalize(people + 0.1 * torch.randn(8, 32), dim=1)
+    group1 = F.normalize(people + 0.1 * torch.randn(8, 32) + gap, dim=1)
+    raw = (group0 @ group1.t()).double().numpy()
+    centred = group_centred_similarity(group0, group1).double().numpy()
+    assert raw.max() < 0.5 and len(match_clusters(raw, threshold=0.5)) == 0
+    assert pair_set(match_clusters(centred, reliability="mutual")) == {(i, i) for i in range(8)}
+    # one cluster on a side: no mean to remove there, the cosine stays finite and meaningful
+    single = group_centred_similarity(group0[:1], group1)
+    assert torch.isfinite(single).all() and int(single.argmax()) == 0
 
 
 def test_partner_is_the_most_similar_kept_pair():
@@ -108,6 +157,39 @@ def test_ihm_is_the_intersection_of_image_and_text_neighbours():
     assert pos.shape == (6, 2)
 
 
+def test_ihm_text_neighbours_keep_every_candidate_tied_with_the_kth():
+    """u is constant inside a cluster, so a whole cluster ties in text space: the intersection must keep the
+    image neighbours of that cluster, whichever 10 of its 20 members they are (issue 13, defect 1)."""
+    k, dim = 10, 64
+    eye = torch.eye(dim)
+    # other group (block 1): cluster A = 20 members, cluster B = 20 members
+    img_a = [F.normalize(eye[0 if j < 10 else 1] + 0.1 * eye[2 + j], dim=0) for j in range(20)]
+    img_b = [eye[30 + j] for j in range(20)]
+    queries = [eye[0], eye[1]]  # image top-10: members 0-9 of A, then members 10-19 of A
+    img = torch.stack(queries + img_a + img_b)
+    text = torch.stack([eye[0]] * 2 + [eye[0]] * 20 + [eye[1]] * 20)[:, :8]  # per-cluster constant u
+    blocks = torch.tensor([0, 0] + [1] * 40)
+    other = torch.tensor([1, 0])
+    members_a = set(range(2, 22))
+    for order in (torch.arange(42), torch.cat([torch.arange(2), 2 + torch.randperm(40, generator=torch.Generator().manual_seed(0))])):
+        pos = instance_positives(img[order], text[order], blocks, other, k=k)
+        for q in range(2):
+            found = {int(order[i]) for i in pos[q][pos[q] >= 0]}
+            image_top = {int(order[2 + i]) for i in (img[order][2:] @ img[order][q]).topk(k).indices}
+            assert found == image_top and found <= members_a and len(found) == k
+
+
+def test_ihm_text_neighbours_still_cut_at_k_without_ties():
+    """Distinct text similarities: the text top-k is exactly k candidates, as before."""
+    img = F.normalize(torch.tensor([[1.0, 0.0]] + [[1.0, 0.01 * j] for j in range(6)]), dim=1)
+    text = F.normalize(torch.tensor([[1.0, 0.0]] + [[1.0, 0.2 * (5 - j)] for j in range(6)]), dim=1)
+    pos = instance_positives(img, text, torch.tensor([0] + [1] * 6), torch.tensor([1, 0]), k=3)
+    # image top-3: candidates 1, 2, 3 (smallest angle); text top-3: 6, 5, 4 -> no overlap
+    assert (pos[0] < 0).all()
+    pos = instance_positives(img, text, torch.tensor([0] + [1] * 6), torch.tensor([1, 0]), k=4)
+    assert set(pos[0][pos[0] >= 0].tolist()) == {3, 4}  # image 1-4, text 6-3
+
+
 def test_topk_chunks_give_the_same_answer(monkeypatch):
     import itkm_lightning.matching as matching
 
@@ -156,6 +238,30 @@ def test_text_loss_against_hand_formula():
     loss = text_contrastive_loss(v, prototypes, prototype_blocks, torch.tensor([0]), torch.tensor([1]), scale)
     expected = -math.log(math.exp(0.0) / (math.exp(scale * 1.0) + math.exp(0.0)))
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+
+
+def test_text_loss_label_smoothing_spreads_over_the_own_block_only():
+    """eps 0.1: (1 - eps) * -log p_y + eps * mean over the K clusters of the sample's block (CLIP-ReID)."""
+    torch.manual_seed(0)
+    v, prototypes = torch.randn(5, 8), F.normalize(torch.randn(7, 8), dim=1)
+    prototype_blocks = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    sample_blocks = torch.tensor([0, 0, 1, 1, 1])
+    labels = torch.tensor([0, 2, 3, 6, 4])
+    scale = 10.0
+    plain = text_contrastive_loss(v, prototypes, prototype_blocks, sample_blocks, labels, scale)
+    smoothed = text_contrastive_loss(v, prototypes, prototype_blocks, sample_blocks, labels, scale, label_smoothing=0.1)
+    assert torch.isfinite(smoothed) and not torch.isclose(smoothed, plain)
+    expected = []
+    for i in range(5):
+        own = torch.nonzero(prototype_blocks == sample_blocks[i]).flatten()
+        logits = scale * F.normalize(v[i], dim=0) @ prototypes[own].t()
+        target = int(torch.nonzero(own == labels[i]))
+        expected.append(F.cross_entropy(logits[None], torch.tensor([target]), label_smoothing=0.1))
+        log_p = F.log_softmax(logits, dim=0)
+        assert torch.isclose(expected[-1], 0.9 * -log_p[target] - 0.1 * log_p.mean())
+    assert torch.isclose(smoothed, torch.stack(expected).mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="smoothing"):
+        text_contrastive_loss(v, prototypes, prototype_blocks, sample_blocks, labels, scale, label_smoothing=1.0)
 
 
 def test_matching_quality_counts_right_pairs_and_positives():

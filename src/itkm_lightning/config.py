@@ -31,13 +31,37 @@ class OptimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: float = Field(5e-6, gt=0.0, description="learning rate of pretrained CLIP weights")
-    lr_new: float = Field(3.5e-4, gt=0.0, description="learning rate of new parameters (scenario embedding, branches)")
+    lr: float = Field(5e-6, gt=0.0, description="learning rate of weights initialised from CLIP (extra patch branches included)")
+    lr_new: float = Field(3.5e-4, gt=0.0, description="learning rate of parameters new to CLIP (the scenario embedding)")
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(1, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     step_epochs: list[int] = Field(default_factory=lambda: [20, 40], description="decay epochs for schedule=step")
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class CHMConfig(BaseModel):
+    """Stage III's cluster-level heterogeneous matching (docs/method.md section 6.3): which pairs are kept.
+
+    Defaults measured on the demo (docs/design.md, "CHM reliability"): the modality gap puts every
+    infrared-visible cosine near 0, so docs/method.md's absolute 0.5 keeps almost no vi pair; group-centred
+    similarities with mutual nearest neighbours kept the most precise pairs on vi and cr.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    similarity: Literal["cosine", "centred"] = Field(
+        "centred", description="cosine of the cluster centroids, or cosine after removing each group's mean "
+                               "centroid (a direction shared by one group's features drops out)")
+    reliability: Literal["threshold", "none", "mutual", "quantile"] = Field(
+        "mutual", description="which assigned pairs are kept: similarity >= threshold (docs/method.md); every pair "
+                              "(PGM); pairs of mutual nearest neighbours; similarity >= the quantile of the "
+                              "scenario's assigned pairs")
+    threshold: float = Field(0.5, ge=-1.0, le=1.0, description="smallest kept similarity (reliability=threshold)")
+    quantile: float = Field(0.5, ge=0.0, lt=1.0,
+                            description="fraction of the least similar assigned pairs dropped (reliability=quantile)")
+    rounds: int = Field(2, ge=1, description="Hungarian rounds: 1 = one-to-one; 2 = docs/method.md's many-to-one round")
+    text: bool = Field(False, description="average the centroid similarity with that of the clusters' text prototypes")
 
 
 class StageEpochs(BaseModel):

@@ -1,10 +1,10 @@
 """Heterogeneous matching between the two groups of a scenario (docs/method.md sections 6.3 and 6.4).
 
 * CHM (cluster level): Hungarian assignment of group-0 to group-1 clusters on the cost ``exp(-sim)``,
-  extra rounds for the clusters of the larger side left over (many-to-one), pairs below a similarity
-  threshold dropped.
+  extra rounds for the clusters of the larger side left over (many-to-one), unreliable pairs dropped
+  (``match_clusters``'s ``reliability``).
 * IHM (instance level): the intersection of an instance's top-k neighbours in the other group in image
-  space and in text space.
+  space and in text space (the text top-k keeps every candidate tied with the k-th).
 """
 
 from __future__ import annotations
@@ -15,24 +15,44 @@ from scipy.optimize import linear_sum_assignment
 
 # Bounds the (row chunk x other group) similarity matrix of the IHM search (float32 entries).
 IHM_BLOCK_ELEMENTS = 1 << 25
+# Dot products of equal unit vectors with one query may differ in the last bits (blocked matrix products).
+TEXT_TIE_TOLERANCE = 1e-5
 
 
-def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2) -> np.ndarray:
+CHM_RELIABILITY = ("threshold", "none", "mutual", "quantile")
+
+
+def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2, reliability: str = "threshold",
+                   quantile: float = 0.5) -> np.ndarray:
     """Reliable cluster pairs ``(row, col)`` of a [A, B] similarity matrix, shape [M, 2], sorted by row.
 
     Round 1 is a one-to-one Hungarian assignment (``min(A, B)`` pairs). Each further round assigns the
     still unmatched clusters of the larger side once more against every cluster of the smaller side, so a
-    cluster of the smaller side can take several partners (many-to-one). A pair is kept only if its
-    similarity is >= ``threshold``; dropped pairs are not re-assigned.
+    cluster of the smaller side can take several partners (many-to-one). Which assigned pairs are kept
+    (dropped pairs are not re-assigned) is ``reliability``:
+
+    * ``threshold``: similarity >= ``threshold`` (docs/method.md's 0.5 on cosine);
+    * ``none``: every pair (PGM keeps every Hungarian pair);
+    * ``mutual``: the two clusters are each other's most similar cluster of the other side;
+    * ``quantile``: similarity >= the ``quantile`` of the assigned pairs' similarities (the least similar
+      fraction ``quantile`` is dropped).
+
+    All but ``threshold`` are unchanged by adding a constant to every similarity, as a gap between the
+    two groups' features does.
     """
     sim = np.asarray(sim, dtype=np.float64)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be a 2-D matrix; got shape {sim.shape}")
     if rounds < 1:
         raise ValueError(f"CHM rounds must be >= 1; got {rounds}")
+    if reliability not in CHM_RELIABILITY:
+        raise ValueError(f"CHM reliability must be one of {CHM_RELIABILITY}; got {reliability!r}")
+    if not 0.0 <= quantile < 1.0:
+        raise ValueError(f"CHM quantile must be in [0, 1); got {quantile}")
     if 0 in sim.shape:
         return np.zeros((0, 2), dtype=np.int64)
-    cost = np.exp(-sim)
+    # exp(-sim) / exp(-max): the same assignment, without overflow for similarities far below 0
+    cost = np.exp(sim.max() - sim)
     rows, cols = linear_sum_assignment(cost)
     pairs = [np.stack([rows, cols], axis=1)]
     rows_larger = sim.shape[0] > sim.shape[1]
@@ -48,8 +68,27 @@ def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2) -> 
         pairs.append(new)
         matched.update(left[r].tolist())
     pairs = np.concatenate(pairs).astype(np.int64)
-    pairs = pairs[sim[pairs[:, 0], pairs[:, 1]] >= threshold]
+    pair_sim = sim[pairs[:, 0], pairs[:, 1]]
+    if reliability == "threshold":
+        pairs = pairs[pair_sim >= threshold]
+    elif reliability == "mutual":
+        pairs = pairs[(sim.argmax(axis=1)[pairs[:, 0]] == pairs[:, 1]) & (sim.argmax(axis=0)[pairs[:, 1]] == pairs[:, 0])]
+    elif reliability == "quantile":
+        pairs = pairs[pair_sim >= np.quantile(pair_sim, quantile)]
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def group_centred_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [A, B] of two groups' cluster centroids after removing each group's mean centroid.
+
+    A direction shared by all of one group's features (a modality gap) drops out, so similarities say which
+    clusters are close relative to the rest of their group. A group of one cluster is left as it is
+    (centred, it would be the zero vector).
+    """
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x - x.mean(dim=0, keepdim=True) if len(x) > 1 else x, dim=1)
+
+    return centred(a) @ centred(b).t()
 
 
 def partner_table(pairs: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,13 +113,23 @@ def topk_other(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> torch
 
     Rows are processed in chunks so memory stays bounded by ``IHM_BLOCK_ELEMENTS`` whatever the size.
     """
+    return _topk_chunked(queries, candidates, k)[1]
+
+
+def kth_similarity(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Each query's ``k``-th largest similarity (dot product) to the candidates, [Nq] (k capped at their number)."""
+    return _topk_chunked(queries, candidates, k)[0][:, -1]
+
+
+def _topk_chunked(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     k = min(k, candidates.shape[0])
-    out = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
+    values = torch.empty(queries.shape[0], k, dtype=queries.dtype, device=queries.device)
+    indices = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
     chunk = max(1, IHM_BLOCK_ELEMENTS // max(1, candidates.shape[0]))
     for start in range(0, queries.shape[0], chunk):
-        sims = queries[start:start + chunk] @ candidates.t()
-        out[start:start + chunk] = sims.topk(k, dim=1).indices
-    return out
+        top = (queries[start:start + chunk] @ candidates.t()).topk(k, dim=1)
+        values[start:start + chunk], indices[start:start + chunk] = top.values, top.indices
+    return values, indices
 
 
 def instance_positives(
@@ -89,12 +138,15 @@ def instance_positives(
     blocks: torch.Tensor,
     other_block: torch.Tensor,
     k: int = 10,
+    tie_tolerance: float = TEXT_TIE_TOLERANCE,
 ) -> torch.Tensor:
     """IHM positive sets, [N, k] of global instance indices padded with -1 (an empty set is all -1).
 
     For instance i of block b, the candidates are the instances of ``other_block[b]`` (the other group of
-    the same scenario; -1 = none); positives are the candidates among both its image-space and its
-    text-space top-k.
+    the same scenario; -1 = none); positives are the candidates among both its image-space top-k and its
+    text-space top-k. The text top-k holds every candidate tied with the k-th: the instance text ``u`` is
+    the same for every member of a cluster (Stage II's initialisation, DRU), so a whole cluster of the
+    other group ties, and cutting through the tie by index would keep an arbitrary part of it.
 
     Args:
         image_features: [N, D] L2-normalised image features.
@@ -102,6 +154,8 @@ def instance_positives(
         blocks: [N] block of each instance.
         other_block: [num_blocks] the paired block of each block, -1 if the scenario lacks it.
         k: neighbours searched in each space.
+        tie_tolerance: text similarities within this of the k-th count as tied with it (rounding of equal
+            vectors' dot products).
     """
     if k < 1:
         raise ValueError(f"IHM k must be >= 1; got {k}")
@@ -115,8 +169,14 @@ def instance_positives(
         if cand.numel() == 0:
             continue
         by_image = topk_other(image_features[rows], image_features[cand], k)
-        by_text = topk_other(text_features[rows], text_features[cand], k)
-        in_both = (by_image[:, :, None] == by_text[:, None, :]).any(dim=2)
+        query_text = text_features[rows]
+        kth = kth_similarity(query_text, text_features[cand], k)
+        text_sim = torch.empty(by_image.shape, dtype=query_text.dtype, device=query_text.device)
+        chunk = max(1, IHM_BLOCK_ELEMENTS // max(1, by_image.shape[1] * query_text.shape[1]))
+        for start in range(0, len(rows), chunk):  # text similarity of the image neighbours only
+            neighbours = text_features[cand[by_image[start:start + chunk]]]  # [chunk, k, P]
+            text_sim[start:start + chunk] = torch.bmm(neighbours, query_text[start:start + chunk, :, None])[..., 0]
+        in_both = text_sim >= kth[:, None] - tie_tolerance
         found = torch.where(in_both, cand[by_image], torch.full_like(by_image, -1))
         # Positives first, padding last, so the table reads naturally.
         found = found.gather(1, (~in_both).to(torch.int8).argsort(dim=1, stable=True))

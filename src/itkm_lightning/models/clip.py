@@ -385,14 +385,16 @@ class CLIPImageEncoder(nn.Module):
         return int(self.visual_projection.out_features)
 
     def new_parameters(self) -> list[nn.Parameter]:
-        """Parameters that CLIP does not have (scenario embedding, extra branches): larger learning rate."""
-        params = [] if self.scenario_embedding is None else [self.scenario_embedding]
-        for branch in self.patch_embeddings[1:]:
-            params.extend(branch.parameters())
-        return params
+        """Parameters that start from nothing pretrained (the scenario embedding): the larger ``lr_new``.
+
+        The extra patch branches are not among them: they start as copies of CLIP's convolution, and
+        training one at ``lr_new`` (70x the base rate in ums.yaml) drifts it away from the other branch.
+        """
+        return [] if self.scenario_embedding is None else [self.scenario_embedding]
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
-        """Every other parameter: initialised from CLIP (the position table resized from CLIP's)."""
+        """Every other parameter: initialised from CLIP (the position table resized from CLIP's, the extra
+        patch branches copied from its convolution)."""
         new_ids = {id(param) for param in self.new_parameters()}
         return [param for param in self.parameters() if id(param) not in new_ids]
 

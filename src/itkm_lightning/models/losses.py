@@ -87,14 +87,34 @@ def text_contrastive_loss(
     sample_blocks: torch.Tensor,
     labels: torch.Tensor,
     logit_scale: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Text-guided loss: cross-entropy of ``v`` against the cluster text prototypes ``t_c`` of its own block.
 
-    Logits are ``logit_scale * cos(v, t_c)`` (CLIP's scale); clusters of other blocks are masked out.
+    Logits are ``logit_scale * cos(v, t_c)`` (CLIP's scale); clusters of other blocks are masked out. With
+    ``label_smoothing`` eps the target is ``(1 - eps) * one_hot + eps / K`` over the K clusters of the
+    sample's block (CLIP-ReID's and CCLNet's smoothed image-to-text cross-entropy):
+    ``(1 - eps) * -log p_y + eps * mean_k -log p_k``.
     """
     v = F.normalize(v, dim=1)
     logits = masked_logits(v, prototypes, prototype_blocks, sample_blocks, logit_scale)
-    return cluster_nce(logits, labels)
+    return smoothed_cross_entropy(logits, labels, label_smoothing)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label-smoothed cross-entropy whose uniform part spreads over the finite logits of each row only.
+
+    (``F.cross_entropy(label_smoothing=...)`` would spread it over masked -inf entries too: an infinite loss.)
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1); got {smoothing}")
+    if logits.shape[0] == 0 or smoothing == 0.0:
+        return cluster_nce(logits, targets)
+    log_prob = F.log_softmax(logits, dim=1)
+    finite = torch.isfinite(logits)
+    nll = -log_prob.gather(1, targets[:, None])[:, 0]
+    uniform = -torch.where(finite, log_prob, torch.zeros_like(log_prob)).sum(dim=1) / finite.sum(dim=1)
+    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
 def supervised_contrastive(
     anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor, candidate_labels: torch.Tensor,
     scale: float | torch.Tensor,

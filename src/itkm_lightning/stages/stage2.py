@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -74,7 +75,10 @@ class Stage2(L.LightningModule):
         logit_scale: cosine-logit scale of the contrastive losses; ``None`` uses the frozen CLIP's exp(logit_scale).
         clusters_per_batch: P, Stage I clusters per batch (spread over the scenarios, each at least once).
         instances_per_cluster: K, cached image features per cluster in a batch.
-        iters_per_epoch: batches per epoch; ``None`` = enough for each cluster to appear about once.
+        iters_per_epoch: batches per epoch; ``None`` = what ``epoch_covers`` needs.
+        epoch_covers: ``images``: every kept image appears at least once per epoch (as CLIP-ReID's and
+            CCLNet's prompt learning go through every image); ``clusters``: each cluster about once (one
+            batch of K per cluster, most images unseen).
         text_batch_size: prompts encoded at once when computing every cluster's text feature.
         extract_device: device of the one-off image feature extraction (``auto``: this process's GPU if any).
         frozen_seed: seed of the random CLIP when ``backbone.pretrained`` is false (every process builds the same).
@@ -105,6 +109,7 @@ class Stage2(L.LightningModule):
         clusters_per_batch: int = 16,
         instances_per_cluster: int = 4,
         iters_per_epoch: int | None = None,
+        epoch_covers: Literal["images", "clusters"] = "images",
         text_batch_size: int = 512,
         extract_device: str = "auto",
         frozen_seed: int = 0,
@@ -123,6 +128,8 @@ class Stage2(L.LightningModule):
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid stage2 setting(s) {bad}; see `itkm fit --help` for each allowed range")
+        if epoch_covers not in ("images", "clusters"):
+            raise ValueError(f"stage2.epoch_covers must be images or clusters; got {epoch_covers!r}")
         if extract_device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"stage2.extract_device must be auto, cpu or cuda; got {extract_device!r}")
         if isinstance(backbone, dict):  # from a checkpoint's hyper-parameters
@@ -222,7 +229,7 @@ class Stage2(L.LightningModule):
         hp = self.hparams
         sampler = ScenarioMixingClusterSampler(
             labels.numpy(), self.cluster_scenario.cpu().numpy(), hp.clusters_per_batch, hp.instances_per_cluster,
-            num_batches=hp.iters_per_epoch, seed=hp.seed,
+            num_batches=hp.iters_per_epoch, seed=hp.seed, cover=hp.epoch_covers,
         )
         loader = DataLoader(CachedFeatureDataset(features, labels), batch_size=sampler.batch_size, sampler=sampler,
                             num_workers=0)

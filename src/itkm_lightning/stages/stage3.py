@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from itkm_lightning.config import ClusteringConfig, OptimConfig
+from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.distributed import all_gather_variable, broadcast_tensor
-from itkm_lightning.matching import instance_positives, match_clusters, partner_table
+from itkm_lightning.matching import group_centred_similarity, instance_positives, match_clusters, partner_table
 from itkm_lightning.models.clip import BackboneConfig
 from itkm_lightning.models.losses import chm_loss, cluster_nce, ihm_loss, text_contrastive_loss
 from itkm_lightning.models.memory import ClusterMemory
@@ -63,14 +63,15 @@ class Stage3(ReIDStage):
         dru_alpha: alpha in ``u_i <- normalize(alpha*u_i + (1-alpha)*t_c)``.
         chm: use L_chm (cluster-level matching).
         chm_weight: lambda_chm.
-        chm_threshold: smallest similarity of a kept cluster pair.
-        chm_rounds: Hungarian rounds (1 = one-to-one only; 2 = docs/method.md's second, many-to-one round).
-        chm_text: average the centroid similarity with the similarity of the clusters' text prototypes.
+        chm_matching: how CHM scores cluster pairs and which assigned pairs it keeps (similarity,
+            reliability criterion, threshold, quantile, Hungarian rounds, text similarity).
         ihm: use L_ihm (instance-level matching).
         ihm_weight: lambda_ihm.
         ihm_k: neighbours searched in image and in text space.
         txt: use L_txt (trains ``visual_projection`` too; off: the projection is frozen).
         txt_weight: lambda_txt.
+        txt_label_smoothing: eps of the label-smoothed L_txt (CLIP-ReID's and CCLNet's 0.1; 0 = plain
+            cross-entropy).
         flip_test: average features of an image and its mirror at test time.
         retrieval_feature: ``f`` or ``f+v``.
     """
@@ -91,14 +92,13 @@ class Stage3(ReIDStage):
         dru_alpha: float = 0.5,
         chm: bool = True,
         chm_weight: float = 1.0,
-        chm_threshold: float = 0.5,
-        chm_rounds: int = 2,
-        chm_text: bool = False,
+        chm_matching: CHMConfig = CHMConfig(),
         ihm: bool = True,
         ihm_weight: float = 1.0,
         ihm_k: int = 10,
         txt: bool = True,
         txt_weight: float = 1.0,
+        txt_label_smoothing: float = 0.1,
         flip_test: bool = False,
         retrieval_feature: str = "f",
     ) -> None:
@@ -107,10 +107,9 @@ class Stage3(ReIDStage):
             (temperature > 0, f"stage3.temperature must be > 0; got {temperature}"),
             (0.0 <= instance_momentum < 1.0, f"stage3.instance_momentum must be in [0, 1); got {instance_momentum}"),
             (0.0 <= dru_alpha <= 1.0, f"stage3.dru_alpha must be in [0, 1]; got {dru_alpha}"),
-            (-1.0 <= chm_threshold <= 1.0, f"stage3.chm_threshold is a cosine similarity in [-1, 1]; got {chm_threshold}"),
-            (chm_rounds >= 1, f"stage3.chm_rounds must be >= 1; got {chm_rounds}"),
             (ihm_k >= 1, f"stage3.ihm_k must be >= 1; got {ihm_k}"),
             (min(chm_weight, ihm_weight, txt_weight) >= 0, "stage3 loss weights must be >= 0"),
+            (0.0 <= txt_label_smoothing < 1.0, f"stage3.txt_label_smoothing must be in [0, 1); got {txt_label_smoothing}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -121,10 +120,9 @@ class Stage3(ReIDStage):
         self.temperature = temperature
         self.instance_momentum = instance_momentum
         self.dru, self.dru_alpha = dru, dru_alpha
-        self.chm, self.chm_weight, self.chm_threshold = chm, chm_weight, chm_threshold
-        self.chm_rounds, self.chm_text = chm_rounds, chm_text
+        self.chm, self.chm_weight, self.chm_matching = chm, chm_weight, chm_matching
         self.ihm, self.ihm_weight, self.ihm_k = ihm, ihm_weight, ihm_k
-        self.txt, self.txt_weight = txt, txt_weight
+        self.txt, self.txt_weight, self.txt_label_smoothing = txt, txt_weight, txt_label_smoothing
         if not txt:
             self.encoder.visual_projection.requires_grad_(False)  # nothing reads v (and DDP sees no unused param)
         self.memory = ClusterMemory(self.encoder.feature_dim, momentum=memory_momentum)
@@ -245,11 +243,15 @@ class Stage3(ReIDStage):
                 continue
             c0 = torch.nonzero(cluster_block == b0).flatten()
             c1 = torch.nonzero(cluster_block == b1).flatten()
-            sim = centroids[c0] @ centroids[c1].t()
-            if self.chm_text:
+            cfg = self.chm_matching
+            if cfg.similarity == "centred":
+                sim = group_centred_similarity(centroids[c0], centroids[c1])
+            else:
+                sim = centroids[c0] @ centroids[c1].t()
+            if cfg.text:
                 sim = 0.5 * (sim + prototypes[c0] @ prototypes[c1].t())
             sim = sim.double().cpu().numpy()
-            pairs = match_clusters(sim, self.chm_threshold, self.chm_rounds)
+            pairs = match_clusters(sim, cfg.threshold, cfg.rounds, cfg.reliability, cfg.quantile)
             of0, of1 = partner_table(pairs, sim)
             c0, c1 = c0.cpu(), c1.cpu()
             partner[c0], partner[c1] = _to_global(of0, c1), _to_global(of1, c0)
@@ -275,7 +277,7 @@ class Stage3(ReIDStage):
             loss = loss + self.ihm_weight * losses["ihm"]
         if self.txt and self.txt_weight > 0:
             losses["txt"] = text_contrastive_loss(out.v, self.prototypes, self.memory.blocks, blocks, labels,
-                                                  self._handoff["logit_scale"])
+                                                  self._handoff["logit_scale"], self.txt_label_smoothing)
             loss = loss + self.txt_weight * losses["txt"]
         # Every rank applies the same memory updates from all ranks' samples, so memories stay identical.
         all_f, all_labels, all_index = (all_gather_variable(t) for t in (f.detach(), labels, index))
