@@ -89,7 +89,8 @@ class ToyData(L.LightningDataModule):
 class Run:
     """A pipeline over three ScalarStages in ``run_dir``, counting which stages were built."""
 
-    def __init__(self, run_dir: Path, crash: dict[str, int] | None = None, only: str | None = None) -> None:
+    def __init__(self, run_dir: Path, crash: dict[str, int] | None = None, only: str | None = None,
+                 supervised: bool = False) -> None:
         self.run_dir = run_dir
         self.built: list[str] = []
         self.modules: dict[str, ScalarStage] = {}
@@ -101,6 +102,8 @@ class Run:
             return self.modules[name]
 
         specs = [StageSpec(n, (lambda n=n: build(n))) for n in ("stage1", "stage2", "stage3")]
+        if supervised:  # the supervised reference: starts from the backbone, as stage1 does
+            specs.append(StageSpec("supervised", lambda: build("supervised"), independent=True))
         self.pipeline = Pipeline(run_dir, ToyData(), specs, make_trainer=self.trainer, command="itkm fit --config x.yaml")
         self.only = only
 
@@ -193,7 +196,41 @@ def test_unavailable_stage_fails_before_anything_trains(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("value, expected", [("all", None), (None, None), ("2", "stage2"), ("stage3", "stage3")])
+def test_supervised_reference_runs_last_from_the_start_and_hands_nothing_on(tmp_path):
+    run = Run(tmp_path, supervised=True)
+    run()
+    assert run.built == ["stage1", "stage2", "stage3", "supervised"]
+    h1, hs = (load_handoff(handoff_path(tmp_path, n)) for n in ("stage1", "supervised"))
+    assert hs["received"] == [] and load_handoff(handoff_path(tmp_path, "stage3"))["received"] == ["stage1", "stage2"]
+    assert float(hs["weights"]["weight"]) == pytest.approx(float(h1["weights"]["weight"]))  # same start, same steps
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results) == ["raw_pixels", "untrained", "stage1", "stage3", "supervised"]
+    assert "train_supervised" in json.loads((tmp_path / "timings.json").read_text())
+    assert run.pipeline.final_module is run.modules["stage3"]  # figures show the method's model, not the reference
+
+
+def test_supervised_reference_alone_needs_no_predecessor_and_resumes(tmp_path):
+    alone = Run(tmp_path, only="supervised", supervised=True, crash={"supervised": 1})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        alone()
+    assert alone.built == ["supervised"] and not (tmp_path / "stage1").exists()
+    resumed = Run(tmp_path, only="supervised", supervised=True)
+    resumed()
+    assert load_handoff(handoff_path(tmp_path, "supervised"))["epochs_run"] == [1, 2]  # epoch 0 from the checkpoint
+    assert list(json.loads((tmp_path / "results.json").read_text())) == ["raw_pixels", "untrained", "supervised"]
+    rest = Run(tmp_path, supervised=True)
+    rest()
+    assert rest.built == ["stage1", "stage2", "stage3"]  # the finished reference is skipped
+
+
+def test_supervised_stage_is_off_unless_configured(tmp_path):
+    with pytest.raises(ValueError, match="supervised.enabled"):
+        Run(tmp_path, only="supervised")()
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value, expected", [("all", None), (None, None), ("2", "stage2"), ("stage3", "stage3"),
+                                             ("supervised", "supervised")])
 def test_stage_selector(value, expected):
     assert selected_stage(value) == expected
 

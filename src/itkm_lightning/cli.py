@@ -57,7 +57,8 @@ class ITKMArgumentParser(LightningArgumentParser):
 
 
 class ITKMCLI(LightningCLI):
-    """``itkm fit`` (the three stages, pipeline.py) and ``validate|test`` (the Stage I module ``model:``)."""
+    """``itkm fit`` (the three stages and the optional supervised reference, pipeline.py) and ``validate|test``
+    (the Stage I module ``model:``)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         from itkm_lightning.data.datamodule import ReIDDataModule
@@ -94,14 +95,18 @@ class ITKMCLI(LightningCLI):
                             help="fit: if --run_dir holds a run with other settings, continue it with these settings "
                                  "(finished stages are kept; run.json records the change)")
         parser.add_argument("--stage", type=Literal[STAGE_CHOICES], default="all",
-                            help="fit: train one stage only (its predecessors must have finished); default all")
+                            help="fit: train one stage only (its predecessors must have finished; the supervised "
+                                 "reference needs none); default all")
         parser.add_argument("--epochs", type=StageEpochs, default=StageEpochs(),
                             help="training epochs per stage (unset: trainer.max_epochs)")
         add_stage_arguments(parser)
-        from itkm_lightning.config import EvaluationConfig, WandbConfig
+        from itkm_lightning.config import EvaluationConfig, SupervisedConfig, WandbConfig
 
         parser.add_argument("--evaluation", type=EvaluationConfig, default=EvaluationConfig(),
                             help="how benchmarks are scored: evaluation.rerank {k1, k2, lambda} re-ranks (off by default)")
+        parser.add_argument("--supervised", type=SupervisedConfig, default=SupervisedConfig(),
+                            help="the supervised reference (ground-truth identities in place of clustering, after "
+                                 "Stage III, results row `supervised`): enabled, optim (default model.optim)")
         parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
                             help="Weights & Biases logging (mode: online | offline | disabled), see README")
 
@@ -245,6 +250,9 @@ class ITKMCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         if stage != "stage1":
             kwargs.update(self._fresh_strategy())
+        supervised = self._get(self.config_init, "supervised")
+        if stage == "supervised" and supervised is not None and supervised.check_val_every_n_epoch is not None:
+            kwargs["check_val_every_n_epoch"] = supervised.check_val_every_n_epoch
         # Pseudo-label batches need our own rank-aware sampler and a fresh loader after every re-clustering.
         kwargs["use_distributed_sampler"] = False
         kwargs["reload_dataloaders_every_n_epochs"] = 1
@@ -266,13 +274,14 @@ class ITKMCLI(LightningCLI):
 
     # ------------------------------------------------------------ fit
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs: Any) -> None:
-        """Baselines -> Stage I -> Stage II -> Stage III, resumable: re-running the same command continues."""
+        """Baselines -> Stage I -> Stage II -> Stage III (-> supervised), resumable: re-running the same command
+        continues."""
         from itkm_lightning.pipeline import Pipeline, selected_stage, stage_specs
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         only = selected_stage(cfg.get("stage"))
         pipeline = Pipeline(
-            self.run_dir, datamodule, stage_specs(model, cfg),
+            self.run_dir, datamodule, stage_specs(model, cfg, self._get(self.config_init, "supervised")),
             make_trainer=lambda stage: self.trainer if stage == "stage1" else self.instantiate_trainer(stage),
             command=self._rerun_command(cfg),
             seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,

@@ -72,10 +72,30 @@ class StageEpochs(BaseModel):
     stage1: int | None = Field(None, ge=1, description="Stage I (homogeneous cluster contrast)")
     stage2: int | None = Field(None, ge=1, description="Stage II (text prompts over cached image features)")
     stage3: int | None = Field(None, ge=1, description="Stage III (heterogeneous matching, text-guided)")
+    supervised: int | None = Field(None, ge=1, description="the supervised reference (ground-truth identities)")
 
     def of(self, stage: str, default: int | None) -> int | None:
         value = self.model_dump().get(stage)
         return default if value is None else value
+class SupervisedConfig(BaseModel):
+    """The supervised reference step (``supervised`` in results.json): an upper bound, not part of ITKM.
+
+    Stage I's module and recipe trained with the ground-truth identities in place of clustering, as USL
+    ReID papers report their supervised upper bound: one label and one memory entry per true person of a
+    scenario, covering both of its groups, and P x K batches that mix both groups. It is the only
+    place where ground-truth identities reach training; the unsupervised stages never see them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="run the step (after Stage III, in <run_dir>/supervised/)")
+    optim: Optional[OptimConfig] = Field(
+        None, description="optimiser and schedule; None: Stage I's model.optim")
+    check_val_every_n_epoch: Optional[int] = Field(
+        None, ge=1, description="validation cadence of this step (its final weights are always validated); "
+                                "None: trainer.check_val_every_n_epoch")
+
+
 class WandbConfig(BaseModel):
     """Weights & Biases logging next to the CSV logs; one W&B run per ``run_dir`` (all stages, resumed on requeue)."""
 

@@ -1,10 +1,11 @@
-"""The run behind ``itkm fit``: baselines -> Stage I -> Stage II -> Stage III, resumable stage by stage.
+"""The run behind ``itkm fit``: baselines -> Stage I -> Stage II -> Stage III (-> supervised), resumable stage by stage.
 
 Every stage is a LightningModule that follows the stage protocol (docs/design.md, "Pipeline"):
 ``stage_name``, ``evaluates_images``, ``receive_handoff(handoffs)``, ``fit_kwargs(datamodule, stage_dir)`` and
 ``make_handoff(datamodule)``. Each stage trains with a fresh Trainer in ``<run_dir>/<stage>/`` and is finished
 iff its ``handoff.pt`` exists; the hand-over (weights and data products, never optimizer state) is all the
-next stage gets from it.
+next stage gets from it. The ``supervised`` reference (``supervised.enabled``) is an independent step: it starts
+from the backbone as Stage I does, needs and receives no hand-over, and runs after Stage III.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ DEFAULT_STAGE_CLASSES = {
     "stage2": "itkm_lightning.stages.stage2.Stage2",
     "stage3": "itkm_lightning.stages.stage3.Stage3",
 }
-STAGE_CHOICES = ("all", *STAGE_NAMES, "1", "2", "3")
+SUPERVISED = "supervised"  # the supervised reference step (stages/supervised.py), off unless configured
+STAGE_CHOICES = ("all", *STAGE_NAMES, SUPERVISED, "1", "2", "3")
 
 
 class StageOrderError(RuntimeError):
@@ -41,22 +43,28 @@ class StageUnavailableError(ImportError):
 
 
 def selected_stage(value: str | None) -> str | None:
-    """``--stage``: ``all``/None -> None (every stage), ``2`` or ``stage2`` -> ``stage2``."""
+    """``--stage``: ``all``/None -> None (every stage), ``2`` or ``stage2`` -> ``stage2``, ``supervised``."""
     if value in (None, "all"):
         return None
     name = f"stage{value}" if str(value).isdigit() else str(value)
-    if name not in STAGE_NAMES:
+    if name not in (*STAGE_NAMES, SUPERVISED):
         raise ValueError(f"--stage must be one of {', '.join(STAGE_CHOICES)}; got {value!r}")
     return name
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage of the run: how to build its module, and why it cannot be built (None when it can)."""
+    """One stage of the run: how to build its module, and why it cannot be built (None when it can).
+
+    ``independent``: the stage starts from the backbone, not from the stages before it (the supervised
+    reference): it needs and receives no hand-over, no stage waits for it, and its model is not the run's
+    final one (figures, ``itkm embed --model <run_dir>``).
+    """
 
     name: str
     build: Callable[[], L.LightningModule]
     unavailable: str | None = None
+    independent: bool = False
 
 
 def add_stage_arguments(parser) -> None:
@@ -104,8 +112,9 @@ def instantiate_stage(name: str, section) -> L.LightningModule:
     return module
 
 
-def stage_specs(stage1: L.LightningModule, cfg) -> list[StageSpec]:
-    """The three stages of a parsed ``fit`` config: ``model`` (built already) then ``stage2``, ``stage3``."""
+def stage_specs(stage1: L.LightningModule, cfg, supervised=None) -> list[StageSpec]:
+    """The stages of a parsed ``fit`` config: ``model`` (built already), ``stage2``, ``stage3``, and the
+    ``supervised`` reference when ``supervised`` (a :class:`~itkm_lightning.config.SupervisedConfig`) enables it."""
     specs = [StageSpec("stage1", lambda: stage1)]
     for name, class_path in DEFAULT_STAGE_CLASSES.items():
         section = cfg.get(name)
@@ -114,7 +123,26 @@ def stage_specs(stage1: L.LightningModule, cfg) -> list[StageSpec]:
             unavailable = (f"{name} cannot run: this installation has no {class_path} and the config sets no "
                            f"{name}.class_path; run the stages before it alone with --stage")
         specs.append(StageSpec(name, partial(instantiate_stage, name, section), unavailable))
+    if supervised is not None and supervised.enabled:
+        specs.append(StageSpec(SUPERVISED, partial(supervised_stage, stage1, supervised), independent=True))
     return specs
+
+
+def supervised_stage(stage1: L.LightningModule, supervised) -> L.LightningModule:
+    """The supervised reference: a fresh Stage I module with Stage I's arguments (backbone start, memory,
+    temperature), ``supervised.optim`` in place of ``model.optim`` when set, and the ground-truth labeler."""
+    from typing import get_type_hints
+
+    from pydantic import TypeAdapter
+
+    from itkm_lightning.stages.supervised import SupervisedStage1
+
+    # Stage I's init args as saved (the CLI's copy holds config sections as dicts and adds `_instantiator`).
+    types = get_type_hints(SupervisedStage1.__init__)
+    args = {k: TypeAdapter(types[k]).validate_python(v) for k, v in stage1.hparams.items() if k in types}
+    if supervised.optim is not None:
+        args["optim"] = supervised.optim
+    return SupervisedStage1(**args)
 
 
 class Pipeline:
@@ -138,6 +166,7 @@ class Pipeline:
         self.datamodule = datamodule
         self.stages = list(stages)
         self.names = [s.name for s in self.stages]
+        self.independent = {s.name for s in self.stages if s.independent}
         self.make_trainer = make_trainer
         self.command = command
         self.seed = seed
@@ -154,13 +183,20 @@ class Pipeline:
         return handoff_path(self.run_dir, name).is_file()
 
     # ------------------------------------------------------------ plan
+    def predecessors(self, name: str) -> list[str]:
+        """The stages whose hand-overs ``name`` needs: those before it, except independent ones (none for those)."""
+        if name in self.independent:
+            return []
+        return [n for n in self.names[: self.names.index(name)] if n not in self.independent]
+
     def plan(self, only: str | None) -> list[StageSpec]:
         """The stages this command trains, after checking that it can (nothing has run yet)."""
         if only is not None and only not in self.names:
-            raise ValueError(f"--stage {only}: this run has the stages {', '.join(self.names)}")
+            hint = " (the supervised reference runs when the config sets supervised.enabled: true)" if only == SUPERVISED else ""
+            raise ValueError(f"--stage {only}: this run has the stages {', '.join(self.names)}{hint}")
         chosen = self.stages if only is None else [self.stages[self.names.index(only)]]
         if only is not None:
-            for before in self.names[: self.names.index(only)]:
+            for before in self.predecessors(only):
                 if not self.finished(before):
                     raise StageOrderError(
                         f"{only} needs the hand-over of {before} ({handoff_path(self.run_dir, before)}), which does "
@@ -216,7 +252,7 @@ class Pipeline:
         if resume is not None:
             check_resumable(resume, module)  # another stage or backbone: one clear line, not a shape traceback
             rank_zero_info(f"resuming {name} from {resume}")
-        elif name == self.names[0]:
+        elif name == self.names[0] or spec.independent:  # a stage that starts from the backbone
             self._baselines(module, trainer, timings)
         rank_zero_info(f"{name}: training in {stage_dir}")
         # Lightning reads the checkpoint again: weights_only, whatever the stage asks for.
@@ -239,7 +275,7 @@ class Pipeline:
             if trainer.is_global_zero:
                 save_handoff(handoff_path(self.run_dir, name), handoff)
         self.handoffs[name] = handoff
-        if module.evaluates_images:  # the run's figures show the last image model trained here
+        if module.evaluates_images and not spec.independent:  # figures show the last model of the method
             self.final_module, self.final_trainer = module, trainer
         rank_zero_info(f"{name} finished: hand-over written to {handoff_path(self.run_dir, name)}")
         return True
@@ -247,7 +283,7 @@ class Pipeline:
     def _predecessor_handoffs(self, name: str) -> dict[str, dict]:
         """Hand-overs of the finished stages before ``name``: from this process when it made them, else from disk."""
         handoffs = {}
-        for before in self.names[: self.names.index(name)]:
+        for before in self.predecessors(name):
             if before not in self.handoffs and self.finished(before):
                 self.handoffs[before] = load_handoff(handoff_path(self.run_dir, before))
             if before in self.handoffs:

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from itkm_lightning.fileio import atomic_write_text
 
-STAGE_ORDER = ("raw_pixels", "untrained", "stage1", "stage2", "stage2_text", "stage3")
+# ``supervised``: the supervised reference (ground-truth identities), the upper bound the others are read against.
+STAGE_ORDER = ("raw_pixels", "untrained", "stage1", "stage2", "stage2_text", "stage3", "supervised")
 METRICS = ("mAP", "R1", "R5", "R10", "mINP")
 SPREAD = ("mAP_std", "R1_std")
 """Standard deviation over the trials (or draws) of a multi-trial protocol, beside the means."""
@@ -105,9 +106,37 @@ class ResultsFile:
             table.caption = "; ".join(notes)
         return table
 
+    def gap_closed(self, stage: str, min_gap: float = 0.01) -> dict[str, float | None]:
+        """How far ``stage`` got from ``untrained`` towards ``supervised``: (stage - untrained) / (supervised -
+        untrained) in mAP, per benchmark and for the ``mean`` over benchmarks; None where the supervised
+        reference gains less than ``min_gap`` mAP over the start (nothing to close). Empty without the rows."""
+        if not all(self.is_metrics(s) for s in ("untrained", "supervised", stage)):
+            return {}
+        start, top, got = (self.data[s] for s in ("untrained", "supervised", stage))
+        benches = sorted(set(start) & set(top) & set(got))
+
+        def share(a: float, b: float, c: float) -> float | None:
+            return None if b - a < min_gap else (c - a) / (b - a)
+
+        out = {b: share(start[b]["mAP"], top[b]["mAP"], got[b]["mAP"]) for b in benches}
+        if len(benches) > 1:
+            out["mean"] = share(*(sum(r[b]["mAP"] for b in benches) / len(benches) for r in (start, top, got)))
+        return out
+
     def print(self) -> None:
         console = Console()
-        console.print(self.table())
+        table = self.table()
+        if not console.is_terminal:  # a log file: as wide as the table needs, not 80 columns of wrapped cells
+            console = Console(width=max(console.width, Console(width=1000).measure(table).maximum))
+        console.print(table)
+        for stage in ("stage3", "stage1"):  # the method's last image model against the supervised reference
+            gaps = self.gap_closed(stage)
+            if gaps:
+                parts = ", ".join(f"{b} {'n/a' if g is None else f'{100 * g:.0f}%'}" for b, g in gaps.items())
+                note = " (n/a: supervised gains under 1 mAP there)" if None in gaps.values() else ""
+                console.print(f"{stage} got this far from untrained towards supervised (mAP): {parts}{note}",
+                              soft_wrap=True)
+                break
         console.print(f"results written to {self.path}")
 
 

@@ -27,7 +27,9 @@ class ReIDDataModule(L.LightningDataModule):
     """Training samples of every source, tagged (scenario, group); one evaluation set per benchmark.
 
     Ground truth (pid, camera, clothes) stays in ``benchmarks`` and ``train_samples`` for evaluation and
-    pseudo-label monitoring; the training loader yields only images, indices, tags and pseudo-labels.
+    pseudo-label monitoring; the training loader yields only images, indices, tags and pseudo-labels. The
+    one exception is the supervised reference step (``SupervisedStage1``), whose labeler sets the labels
+    from the true identities (``callbacks/ground_truth.py``), explicitly and under that name.
 
     Args:
         sources: datasets to merge (``class_path`` entries).
@@ -106,6 +108,8 @@ class ReIDDataModule(L.LightningDataModule):
         self.benchmarks: list[BenchmarkSplit] = []
         self.train_samples: list[Sample] = []
         self.pseudo_labels: np.ndarray | None = None
+        self.sampler_blocks: np.ndarray | None = None  # what the P x K sampler draws round-robin over
+        self.mix_groups = False  # draw each label's K instances from both groups alike
 
     # ----------------------------------------------------------------- set-up
     def prepare_data(self) -> None:
@@ -162,11 +166,31 @@ class ReIDDataModule(L.LightningDataModule):
         block_id = {b: i for i, b in enumerate(self.blocks)}
         return np.asarray([block_id[(s.scenario, s.group)] for s in self.train_samples], dtype=np.int64)
 
-    def set_pseudo_labels(self, labels: np.ndarray) -> None:
+    @cached_property
+    def scenario_of_index(self) -> np.ndarray:
+        """Every training sample's scenario, as the index of ``SCENARIOS``."""
+        return np.asarray([SCENARIOS.index(s.scenario) for s in self.train_samples], dtype=np.int64)
+
+    @cached_property
+    def group_of_index(self) -> np.ndarray:
+        return np.asarray([s.group for s in self.train_samples], dtype=np.int64)
+
+    def set_pseudo_labels(self, labels: np.ndarray, *, sampler_blocks: np.ndarray | None = None,
+                          mix_groups: bool = False) -> None:
+        """The labels the next training loader batches by (one per training sample, -1 = left out).
+
+        ``sampler_blocks``: per sample, the blocks that P x K batches take labels from round-robin (default
+        the (scenario, group) blocks, where pseudo-labels live); ``mix_groups``: a label's K instances
+        alternate between its groups (labels that span both groups of a scenario).
+        """
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (len(self.train_samples),):
             raise ValueError(f"expected {len(self.train_samples)} pseudo-labels, got shape {labels.shape}")
+        if sampler_blocks is not None and np.shape(sampler_blocks) != labels.shape:
+            raise ValueError(f"expected {len(self.train_samples)} sampler blocks, got shape {np.shape(sampler_blocks)}")
         self.pseudo_labels = labels
+        self.sampler_blocks = None if sampler_blocks is None else np.asarray(sampler_blocks, dtype=np.int64)
+        self.mix_groups = mix_groups
 
     # ------------------------------------------------------------ views
     def _clothing_agnostic_view(self, sample: Sample, image: Image.Image) -> Image.Image:
@@ -194,9 +218,10 @@ class ReIDDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
         sampler = PseudoIdentityBatchSampler(
-            self.pseudo_labels, self.block_of_index, num_clusters=self.num_clusters_per_batch,
-            num_instances=self.num_instances, iters_per_epoch=self.iters_per_epoch, seed=self.seed,
-            epoch=epoch, rank=rank, world_size=world,
+            self.pseudo_labels, self.block_of_index if self.sampler_blocks is None else self.sampler_blocks,
+            num_clusters=self.num_clusters_per_batch, num_instances=self.num_instances,
+            iters_per_epoch=self.iters_per_epoch, seed=self.seed, epoch=epoch, rank=rank, world_size=world,
+            group_of_index=self.group_of_index if self.mix_groups else None,
         )
         base = train_transform(self.image_size, **self.augment)
         extra = {}

@@ -24,6 +24,11 @@ class PseudoIdentityBatchSampler(Sampler[list[int]]):
     scenarios and groups. A cluster smaller than K contributes all its members (no duplicates).
     Outliers (label -1) are never drawn. With fewer clusters than ``world_size * P`` (early epochs, degenerate
     clustering), batches shrink to the clusters available, with a warning.
+
+    ``group_of_index`` (optional, per sample): a cluster's K instances alternate between the groups its
+    members belong to (as many from each group as it has, as evenly as K allows), so a label that spans
+    both groups of a scenario (the supervised reference's true identities) gives batches that mix them.
+    Without it, instances are drawn from all members alike (pseudo-identities live in one group).
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class PseudoIdentityBatchSampler(Sampler[list[int]]):
         epoch: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        group_of_index: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if num_clusters < 1 or num_instances < 1 or iters_per_epoch < 1:
             raise ValueError("num_clusters, num_instances and iters_per_epoch must all be >= 1")
@@ -59,6 +65,13 @@ class PseudoIdentityBatchSampler(Sampler[list[int]]):
             if label >= 0:
                 members[label].append(index)
         self.members = {label: np.asarray(idx, dtype=np.int64) for label, idx in sorted(members.items())}
+        self.members_by_group: dict[int, list[np.ndarray]] | None = None
+        if group_of_index is not None:
+            groups = np.asarray(group_of_index, dtype=np.int64)
+            if groups.shape != labels.shape:
+                raise ValueError("group_of_index must have one entry per sample")
+            self.members_by_group = {label: [idx[groups[idx] == g] for g in np.unique(groups[idx])]
+                                     for label, idx in self.members.items()}
         clusters_of_block: dict[int, list[int]] = defaultdict(list)
         for label, idx in self.members.items():
             clusters_of_block[int(blocks[idx[0]])].append(label)
@@ -121,12 +134,24 @@ class PseudoIdentityBatchSampler(Sampler[list[int]]):
             mine = clusters[self.rank * self.num_clusters : (self.rank + 1) * self.num_clusters]
             batch: list[int] = []
             for cluster in clusters:
-                members = self.members[cluster]
-                take = min(self.num_instances, len(members))
-                picked = rng.choice(members, size=take, replace=False)  # drawn on every rank: keeps streams aligned
+                picked = self._instances(rng, cluster)  # drawn on every rank: keeps streams aligned
                 if cluster in mine:
                     batch.extend(picked.tolist())
             yield batch
+
+    def _instances(self, rng: np.random.Generator, cluster: int) -> np.ndarray:
+        """K distinct members of ``cluster`` (all of them when it has fewer), alternating groups when known."""
+        members = self.members[cluster]
+        take = min(self.num_instances, len(members))
+        if self.members_by_group is None:
+            return rng.choice(members, size=take, replace=False)
+        # One shuffled queue per group, read round-robin from a random group: g0, g1, g0, g1, ...
+        queues = [rng.permutation(idx) for idx in self.members_by_group[cluster]]
+        first = int(rng.integers(len(queues)))
+        queues = queues[first:] + queues[:first]
+        depth = max(len(q) for q in queues)
+        order = [q[i] for i in range(depth) for q in queues if i < len(q)]
+        return np.asarray(order[:take], dtype=np.int64)
 
 
 class ShardedSequentialSampler(Sampler[int]):

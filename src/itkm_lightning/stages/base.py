@@ -94,6 +94,7 @@ class ReIDStage(L.LightningModule):
 
     stage_name = "stage"
     evaluates_images = True  # the pipeline validates the final weights and records results[stage_name]
+    reads_ground_truth = False  # only the supervised reference (stages/supervised.py) trains on true identities
 
     def __init__(
         self,
