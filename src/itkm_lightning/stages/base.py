@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from itkm_lightning.config import OptimConfig
 from itkm_lightning.distributed import all_gather_variable
 from itkm_lightning.evaluation import cosine_distance, evaluate_rank, summarize
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
+from itkm_lightning.models.backbone import build_image_encoder
+from itkm_lightning.models.clip import BackboneConfig
 
 
 def evaluate_benchmark(bench, features: torch.Tensor) -> dict[str, float]:
@@ -50,7 +51,8 @@ class ReIDStage(L.LightningModule):
     """Base of the stages: owns ``encoder`` and scores every benchmark of the datamodule in validation.
 
     Args:
-        backbone: the CLIP image encoder (weights source, input size, scenario embedding, dual branch).
+        backbone: the image encoder (CLIP ViT or timm CNN: weights source, input size, scenario embedding,
+            dual branch).
         optim: optimiser and schedule.
         flip_test: average features of an image and its mirror at test time.
         retrieval_feature: ``f`` (CLS after the final layer norm) or ``f+v`` (concatenated with the projection,
@@ -74,7 +76,7 @@ class ReIDStage(L.LightningModule):
         self.optim = optim
         self.flip_test = flip_test
         self.retrieval_feature = retrieval_feature
-        self.encoder = CLIPImageEncoder(self.backbone_config)
+        self.encoder = build_image_encoder(self.backbone_config)
         self.benchmark_results: dict[str, dict[str, float]] = {}
         self.benchmark_results_step = -1
         self._val_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
