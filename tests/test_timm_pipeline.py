@@ -21,6 +21,17 @@ model:
 """
 
 
+def test_the_real_photo_config_without_its_data_names_the_fix(tmp_path, capsys):
+    absent = [{"class_path": "itkm_lightning.data.datasets.MLRCUHK03", "init_args": {"path": str(tmp_path / "none")}}]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "conf" / "real_cuhk03.yaml"), "--data.sources", json.dumps(absent),
+              "--run_dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "itkm prepare mlr --source cuhk03" in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_every_stage_runs_on_the_timm_tower(synthetic_root, tmp_path):
     override = tmp_path / "timm.yaml"
