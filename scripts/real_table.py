@@ -35,7 +35,7 @@ def pct(value: float) -> str:
 
 
 def main(run_dirs: list[str]) -> None:
-    print("| run | " + " | ".join(ROWS) + " | Stage I - untrained | wall time |")
+    print("| run | " + " | ".join(ROWS) + " | Stage I - untrained | pipeline time |")
     print("|---|" + "---|" * (len(ROWS) + 2))
     for run in map(Path, run_dirs):
         results = json.loads((run / "results.json").read_text())
