@@ -490,10 +490,11 @@ def _check_cluster_arguments(method: str, eps: float, min_samples: int) -> None:
 
 
 def _dbscan(distances: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:
-    from sklearn.cluster import DBSCAN
+    from itkm_lightning.sparse_dbscan import dbscan
 
     # Exact: stored entries hold every distance <= eps (explicit zeros included); absent ones exceed it.
-    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distances)
+    # Connected components of the core points: scikit-learn's labels (border rule included), whole-array.
+    return dbscan(distances, eps, min_samples)
 
 
 def _with_far_pairs(distances: sp.csr_matrix, rows: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
