@@ -29,6 +29,7 @@ Every absent pair has Jaccard distance exactly 1 (``s = 0``), the largest possib
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal, Union
 
 import numpy as np
@@ -45,8 +46,14 @@ TORCH_KNN_BLOCK_ELEMENTS = 1 << 25
 FAISS_GPU_MAX_K = 2048
 # Bounds the (row, column, value) triples materialised at once in the min-overlap step.
 OVERLAP_BLOCK_ENTRIES = 1 << 23
-# Bounds the gathered feature rows when computing dot products for the expanded neighbourhoods.
-DOT_BLOCK_PAIRS = 1 << 15
+# Pruned Jaccard path (max_distance < 1): row blocks of the candidate products hold about this many
+# entries (estimated as prefix entries x CANDIDATE_COLUMN_ESTIMATE), and the exact overlaps are computed
+# this many pairs at a time.
+CANDIDATE_BLOCK_ENTRIES = 1 << 23
+CANDIDATE_COLUMN_ESTIMATE = 100
+EXACT_PAIR_BLOCK = 1 << 17
+# The candidate filter keeps pairs whose overlap bound reaches the threshold minus this (float rounding).
+PREFIX_SLACK = 1e-3
 # A feature counts as L2-normalised when its norm is within this distance of 1.
 NORM_TOLERANCE = 1e-2
 # HDBSCAN only: smallest off-diagonal distance, so that no spanning-tree edge has weight 0 (see below).
@@ -296,14 +303,29 @@ def _per_row(ufunc: np.ufunc, values: np.ndarray, indptr: np.ndarray) -> np.ndar
     return result
 
 
+def _sampled_dots(pattern: sp.csr_matrix, features: np.ndarray) -> np.ndarray:
+    """<f_i, f_j> for every stored (i, j) of ``pattern``, in CSR order (float32).
+
+    torch's sampled dense-dense product (SDDMM) computes only the stored entries, on all torch threads,
+    without gathering two 512-d rows per pair (3x faster than a gathered einsum at 100k).
+    """
+    if pattern.nnz == 0:
+        return np.zeros(0, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        sampled = torch.sparse_csr_tensor(
+            torch.from_numpy(pattern.indptr.astype(np.int64)), torch.from_numpy(pattern.indices.astype(np.int64)),
+            torch.zeros(pattern.nnz, dtype=torch.float32), size=pattern.shape, check_invariants=False)
+        matrix = torch.from_numpy(features)
+        product = torch.sparse.sampled_addmm(sampled, matrix, matrix.T.contiguous(), beta=0.0)
+    return product.values().numpy().astype(np.float32, copy=False)
+
+
 def _gaussian_weights(neighbourhoods: sp.csr_matrix, features: np.ndarray) -> sp.csr_matrix:
     """exp(-(2 - 2 f_i.f_j)) over each row's stored pairs, normalised to sum 1 per row (softmax)."""
     rows = np.repeat(np.arange(neighbourhoods.shape[0]), np.diff(neighbourhoods.indptr))
     columns = neighbourhoods.indices
-    dots = np.empty(len(columns), dtype=np.float32)
-    for start in range(0, len(columns), DOT_BLOCK_PAIRS):
-        block = slice(start, start + DOT_BLOCK_PAIRS)
-        dots[block] = np.einsum("ij,ij->i", features[rows[block]], features[columns[block]])
+    dots = _sampled_dots(neighbourhoods, features)
     # Subtracting each row's smallest distance leaves the softmax unchanged and avoids underflow.
     distances = 2.0 - 2.0 * dots
     weights = np.exp(-(distances - _per_row(np.minimum, distances, neighbourhoods.indptr)[rows]))
@@ -404,7 +426,126 @@ def _mirror_upper(upper: sp.csr_matrix) -> sp.csr_matrix:
     return full
 
 
+def _overlap_threshold(max_distance: float) -> float:
+    """Smallest overlap s with Jaccard distance 1 - s / (2 - s) <= max_distance."""
+    return 2.0 * (1.0 - max_distance) / (2.0 - max_distance)
+
+
+def _prefix_split(weights: sp.csr_matrix, threshold: float) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Every row's heaviest entries up to the point where the rest weighs less than ``threshold``.
+
+    Returns the prefix (a CSR matrix holding those entries' weights, in the row's column order) and each
+    row's suffix mass (the summed weight of the entries left out, < threshold).
+    """
+    n = weights.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(weights.indptr))
+    # Heaviest first within each row, rows kept apart: one float64 key (weights lie in [0, 1]).
+    key = rows.astype(np.float64)
+    key -= weights.data * 0.5
+    order = np.argsort(key, kind="stable")
+    sorted_weights = weights.data[order].astype(np.float64)
+    cumulative = np.cumsum(sorted_weights)
+    bounds = np.concatenate(([0.0], cumulative))
+    row_end = bounds[weights.indptr[1:]]
+    tail = row_end[rows] - cumulative + sorted_weights  # weight from this entry to the row's end
+    in_prefix = np.empty(len(order), dtype=bool)
+    in_prefix[order] = tail >= threshold  # back in CSR order
+    suffix_mass = np.bincount(rows[~in_prefix], weights=weights.data[~in_prefix], minlength=n)
+    counts = np.bincount(rows[in_prefix], minlength=n)
+    prefix = sp.csr_matrix((weights.data[in_prefix], weights.indices[in_prefix],
+                            np.concatenate(([0], np.cumsum(counts)))), shape=weights.shape)
+    return prefix, suffix_mass
+
+
+def _same_pattern(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
+    return np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+
+
+def _candidate_pairs(weights: sp.csr_matrix, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs i < j that may overlap by s_ij >= threshold: every such pair is among them (prefix filtering).
+
+    With P_i the heaviest entries of row i whose remainder (suffix) weighs less than the threshold, a pair
+    sharing no column of P_i overlaps by less than the threshold. For a pair that does, with
+    X1 = sum of V_ic and X2 = sum of V_jc over the shared columns c of P_i,
+    s_ij <= min(X1, X2) + min(suffix_i, |V_j| - X2), an upper bound that two sparse products give for all
+    pairs at once. A pair is kept when the bound reaches the threshold from both sides (i's and j's).
+    """
+    n = weights.shape[0]
+    prefix, suffix_mass = _prefix_split(weights, threshold)
+    prefix_support = sp.csr_matrix((np.ones(prefix.nnz, np.float32), prefix.indices, prefix.indptr), shape=prefix.shape)
+    support_t = sp.csr_matrix((np.ones(weights.nnz, np.float32), weights.indices, weights.indptr),
+                              shape=weights.shape).T.tocsr()
+    weights_t = weights.T.tocsr()
+    row_mass = np.asarray(weights.sum(axis=1, dtype=np.float64)).ravel().astype(np.float32)
+    suffix_mass = suffix_mass.astype(np.float32)
+    kept_rows, kept_columns = [], []
+    for start, stop in _row_blocks(np.diff(prefix.indptr) * CANDIDATE_COLUMN_ESTIMATE, CANDIDATE_BLOCK_ENTRIES):
+        # X1 and X2 by scipy's C++ sparse products. Both have the same sparsity pattern, and scipy emits the
+        # columns of a product row in an order fixed by the operands' patterns, so the entries line up
+        # (checked; sorted only if scipy ever dropped an entry, which needs a zero sum of positive weights).
+        own_mass = prefix[start:stop] @ support_t
+        other_mass = prefix_support[start:stop] @ weights_t
+        if not _same_pattern(own_mass, other_mass):
+            own_mass.sort_indices()
+            other_mass.sort_indices()
+            if not _same_pattern(own_mass, other_mass):  # pragma: no cover - zero sums of positive weights
+                other_mass = other_mass.multiply(own_mass.astype(bool)).tocsr()
+                own_mass = own_mass.multiply(other_mass.astype(bool)).tocsr()
+                own_mass.sort_indices()
+                other_mass.sort_indices()
+        rows = np.repeat(np.arange(start, stop), np.diff(own_mass.indptr))
+        bound = np.minimum(own_mass.data, other_mass.data)
+        np.subtract(row_mass[own_mass.indices], other_mass.data, out=other_mass.data)
+        bound += np.minimum(suffix_mass[rows], other_mass.data, out=other_mass.data)
+        keep = bound >= threshold
+        keep &= own_mass.indices != rows
+        kept_rows.append(rows[keep])
+        kept_columns.append(own_mass.indices[keep])
+    rows, columns = np.concatenate(kept_rows), np.concatenate(kept_columns)
+    directed = sp.csr_matrix((np.ones(len(rows), np.int8), (rows, columns)), shape=(n, n))
+    both = sp.triu(directed.multiply(directed.T), k=1).tocsr()  # kept from both sides, i < j
+    return np.repeat(np.arange(n), np.diff(both.indptr)), both.indices.astype(np.int64)
+
+
+def _exact_overlaps(weights: sp.csr_matrix, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """s_ij = sum_k min(V_ik, V_jk) for the given pairs (scipy's sparse elementwise minimum, float64 sum)."""
+    overlaps = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), EXACT_PAIR_BLOCK):
+        block = slice(start, start + EXACT_PAIR_BLOCK)
+        minima = weights[rows[block]].minimum(weights[columns[block]])
+        overlaps[block] = np.asarray(minima.sum(axis=1, dtype=np.float64)).ravel()
+    return overlaps
+
+
+def _pruned_jaccard(weights: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
+    """Only the pairs within max_distance (< 1): candidates by prefix filtering, then their exact overlap.
+
+    The same distances as the all-pairs path for every pair within ``max_distance`` (the overlaps are
+    summed in float64 instead of float32, so a pair within a float32 rounding of ``max_distance`` may
+    fall on the other side), without enumerating the O(N * (N k / N)^2) pairs that share some weight.
+    """
+    n = weights.shape[0]
+    threshold = _overlap_threshold(max_distance)
+    rows, columns = _candidate_pairs(weights, threshold - PREFIX_SLACK)
+    overlaps = _exact_overlaps(weights, rows, columns)
+    distances = np.clip(1.0 - overlaps / (2.0 - overlaps), 0.0, None)
+    keep = distances <= max_distance
+    diagonal = np.arange(n)
+    upper = sp.csr_matrix(
+        (np.concatenate((distances[keep], np.zeros(n))).astype(np.float32),
+         (np.concatenate((rows[keep], diagonal)), np.concatenate((columns[keep], diagonal)))),
+        shape=(n, n),
+    )
+    return _mirror_upper(upper)
+
+
 def _jaccard_from_weights(weights: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
+    if max_distance < 1.0 and _overlap_threshold(max_distance) > PREFIX_SLACK:
+        return _pruned_jaccard(weights, max_distance)
+    return _all_pairs_jaccard(weights, max_distance)
+
+
+def _all_pairs_jaccard(weights: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
     by_column, positions = _column_positions(weights)
     pairs_per_entry = by_column.indptr[weights.indices + 1] - positions
     cumulative = np.concatenate(([0], np.cumsum(pairs_per_entry)))
