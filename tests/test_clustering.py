@@ -431,3 +431,37 @@ def test_candidate_pairs_hold_every_pair_over_the_threshold() -> None:
         found = set(zip(rows.tolist(), columns.tolist()))
         assert needed and needed <= found
         assert len(found) < len(dense) ** 2 / 4  # and it does prune
+
+
+# --------------------------------------------------------------------------------------------------
+# Approximate kNN (optional faiss indexes)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_approximate_knn_finds_the_clear_neighbours(index: str) -> None:
+    pytest.importorskip("faiss")
+    features, truth = blobs_with_isolated_points()
+    features = np.concatenate([features] * 5) + np.float32(1e-3) * np.random.default_rng(0).normal(
+        size=(5 * len(features), features.shape[1])).astype(np.float32)
+    features = normalise(features)
+    truth = np.tile(truth, 5)
+
+    similarities, indices = knn(features, features, 20, index=index, nprobe=4, ef_search=64)
+    _, exact = knn(features, features, 20, backend="torch")
+
+    assert indices.shape == (len(features), 20) and indices.dtype == np.int64 and indices.min() >= 0
+    assert np.all(np.diff(similarities, axis=1) <= 1e-6)
+    blob = truth >= 0  # a blob point's 20 nearest are all in its blob (40 x 5 members): easy for any index
+    np.testing.assert_array_equal(truth[indices[blob]], np.repeat(truth[blob][:, None], 20, axis=1))
+    np.testing.assert_array_equal(truth[exact[blob]], truth[indices[blob]])
+
+
+def test_approximate_index_is_chosen_by_config_and_exact_is_the_default() -> None:
+    from itkm_lightning.config import ClusteringConfig
+
+    assert ClusteringConfig().knn_options()["index"] == "exact"
+    assert ClusteringConfig(knn_index="ivf", knn_nprobe=4).knn_options() == {"index": "ivf", "nprobe": 4,
+                                                                              "ef_search": 128}
+    with pytest.raises(ValueError, match="index must be"):
+        knn(noisy_clusters(17), noisy_clusters(17), 3, index="annoy")

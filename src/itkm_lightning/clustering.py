@@ -38,10 +38,16 @@ import torch
 
 FeatureArray = Union[np.ndarray, torch.Tensor]
 KnnBackend = Literal["auto", "faiss", "torch"]
+KnnIndex = Literal["exact", "ivf", "hnsw"]
 
 FAISS_INSTALL_HINT = "pip install faiss-cpu (or the project's extra: pip install 'itkm-lightning[faiss]')"
 # Bounds the (query block x database) similarity matrix of the torch kNN fallback (float32 entries).
 TORCH_KNN_BLOCK_ELEMENTS = 1 << 25
+# Approximate kNN (index="ivf" / "hnsw"): IVF lists per sqrt(N), and at least this many vectors per list
+# (faiss warns below 39 training points per list); HNSW links per node.
+IVF_LISTS_PER_SQRT_N = 4
+IVF_MIN_LIST_SIZE = 39
+HNSW_LINKS = 32
 # faiss GPU flat search only supports k up to this value.
 FAISS_GPU_MAX_K = 2048
 # Bounds the (row, column, value) triples materialised at once in the min-overlap step.
@@ -168,6 +174,35 @@ def _knn_faiss(queries: FeatureArray, database: FeatureArray, k: int) -> tuple[n
     return similarities.astype(np.float32, copy=False), indices.astype(np.int64, copy=False)
 
 
+def _knn_faiss_approximate(queries: FeatureArray, database: FeatureArray, k: int, index: str, nprobe: int,
+                           ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate inner-product search with a faiss CPU index (IVF-Flat or HNSW-Flat).
+
+    Queries whose search returns fewer than k results (IVF lists too small; -1 in faiss) are searched
+    again exactly, so every row has k valid neighbours.
+    """
+    faiss = _faiss_module()
+    query_array, database_array = _to_cpu_float32(queries), _to_cpu_float32(database)
+    n, dim = database_array.shape
+    if index == "ivf":
+        nlist = max(1, min(n // IVF_MIN_LIST_SIZE, int(IVF_LISTS_PER_SQRT_N * np.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(dim)
+        searcher = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        searcher.train(database_array)
+        searcher.nprobe = min(nprobe, nlist)
+    else:
+        searcher = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        searcher.hnsw.efSearch = max(ef_search, k)
+    searcher.add(database_array)
+    similarities, indices = searcher.search(query_array, k)
+    incomplete = np.flatnonzero((indices < 0).any(axis=1))
+    if len(incomplete):
+        exact = faiss.IndexFlatIP(dim)
+        exact.add(database_array)
+        similarities[incomplete], indices[incomplete] = exact.search(query_array[incomplete], k)
+    return similarities.astype(np.float32, copy=False), indices.astype(np.int64, copy=False)
+
+
 def _knn_torch(queries: FeatureArray, database: FeatureArray, k: int) -> tuple[np.ndarray, np.ndarray]:
     # Blockwise exact search: memory is bounded by TORCH_KNN_BLOCK_ELEMENTS, never Nq x Nd at once.
     device = queries.device if isinstance(queries, torch.Tensor) else torch.device("cpu")
@@ -207,8 +242,14 @@ def knn(
     backend: KnnBackend = "auto",
     exclude_self: bool = False,
     query_offset: int = 0,
+    index: KnnIndex = "exact",
+    nprobe: int = 16,
+    ef_search: int = 128,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours by inner product (cosine similarity for L2-normalised features).
+    """k nearest neighbours by inner product (cosine similarity for L2-normalised features).
+
+    Exact by default; ``index="ivf"`` or ``"hnsw"`` searches an approximate faiss index instead (CPU),
+    see :func:`_knn_faiss_approximate`.
 
     Args:
         queries: (Nq, D) features, numpy or torch (any device).
@@ -221,6 +262,10 @@ def knn(
         exclude_self: drop each query's own database row from its results. Query row ``q`` is taken
             to be database row ``query_offset + q``.
         query_offset: database row of the first query, for ``exclude_self`` with a query slice.
+        index: "exact" (``backend`` decides how), or an approximate faiss CPU index: "ivf"
+            (``IndexIVFFlat``, about 4 sqrt(Nd) lists, ``nprobe`` of them searched per query) or "hnsw"
+            (``IndexHNSWFlat``, 32 links per node, ``ef_search`` candidates per query).
+        nprobe, ef_search: the approximate indexes' search effort (more: slower, nearer to exact).
 
     Returns:
         ``(similarities, indices)``: inner products (higher is nearer), (Nq, k) float32 sorted in
@@ -248,8 +293,13 @@ def knn(
             f"k={k} neighbours{' (plus self)' if exclude_self else ''} need at least {searched} database rows "
             f"and k >= 1; got {database.shape[0]} rows; lower k."
         )
-    search = _knn_faiss if _use_faiss(backend, queries) else _knn_torch
-    similarities, indices = search(queries, database, searched)
+    if index not in ("exact", "ivf", "hnsw"):
+        raise ValueError(f"index must be 'exact', 'ivf' or 'hnsw'; got {index!r}.")
+    if index != "exact":
+        similarities, indices = _knn_faiss_approximate(queries, database, searched, index, nprobe, ef_search)
+    else:
+        search = _knn_faiss if _use_faiss(backend, queries) else _knn_torch
+        similarities, indices = search(queries, database, searched)
     if exclude_self:
         similarities, indices = _drop_self_matches(similarities, indices, k, query_offset)
     return similarities, indices
@@ -565,6 +615,7 @@ def jaccard_distance(
     backend: KnnBackend = "auto",
     max_distance: float = 1.0,
     ranks: np.ndarray | None = None,
+    knn_options: dict | None = None,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance (Cluster Contrast definition; see the module docstring).
 
@@ -579,6 +630,7 @@ def jaccard_distance(
         ranks: precomputed ``knn(features, features, k1)[1]`` (N, k1), the feature itself included;
             lets a caller run the search elsewhere (e.g. sharded over DDP ranks, see
             ``itkm_lightning.distributed.sharded_knn``). Searched here when None.
+        knn_options: extra keywords of :func:`knn` for that search (``index``, ``nprobe``, ``ef_search``).
 
     Returns:
         Symmetric (N, N) ``csr_matrix`` of float32 distances in [0, 1]. Stored entries are the pairs
@@ -597,7 +649,7 @@ def jaccard_distance(
     _check_enough_features(n, k1)
     _check_normalised(cpu_features)
     if ranks is None:
-        _, ranks = knn(features, features, k1, backend=backend)
+        _, ranks = knn(features, features, k1, backend=backend, **(knn_options or {}))
     else:
         ranks = _check_ranks(ranks, n, k1)
     reciprocal = _reciprocal_neighbours(ranks, k1)
@@ -741,6 +793,7 @@ def cluster(
     *,
     backend: KnnBackend = "auto",
     ranks: np.ndarray | None = None,
+    knn_options: dict | None = None,
 ) -> np.ndarray:
     """Pseudo-labels: DBSCAN (or HDBSCAN) on the k-reciprocal Jaccard distance.
 
@@ -754,6 +807,7 @@ def cluster(
         k1, k2: Jaccard distance neighbourhood sizes, see :func:`jaccard_distance`.
         backend: kNN backend, see :func:`knn`.
         ranks: precomputed (N, k1) neighbour indices, see :func:`jaccard_distance`.
+        knn_options: approximate search settings, see :func:`jaccard_distance`.
 
     Returns:
         (N,) int64 labels, 0..C-1 for clusters and -1 for outliers. Empty input gives an empty array.
@@ -761,7 +815,8 @@ def cluster(
     _check_cluster_arguments(method, eps, min_samples)
     # DBSCAN only looks at pairs within eps: dropping the others early is exact and saves memory.
     max_distance = eps if method == "dbscan" else 1.0
-    distances = jaccard_distance(features, k1, k2, backend=backend, max_distance=max_distance, ranks=ranks)
+    distances = jaccard_distance(features, k1, k2, backend=backend, max_distance=max_distance, ranks=ranks,
+                                 knn_options=knn_options)
     if distances.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     if method == "dbscan":

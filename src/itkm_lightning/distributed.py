@@ -50,21 +50,24 @@ def query_slice(num_queries: int, rank: int, world_size: int) -> slice:
 
 
 def sharded_knn(
-    features: torch.Tensor, k: int, *, backend: str = "auto", device: torch.device | str = "cpu"
+    features: torch.Tensor, k: int, *, backend: str = "auto", device: torch.device | str = "cpu",
+    knn_options: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``knn(features, features, k)`` with the queries split over the ranks; every rank gets all rows.
 
     Every rank holds all ``features`` (gathered after extraction) and searches only its slice of the
     queries against all of them, on ``device`` (a GPU rank searches on its GPU); the (similarity, index)
     rows are then gathered in rank order, so the result equals the single-process search. With one
-    process it is exactly ``knn``. All ranks must call it, in the same order.
+    process it is exactly ``knn``. All ranks must call it, in the same order. ``knn_options``: extra
+    keywords of ``knn`` (an approximate index: every rank builds it over all features and searches its
+    slice; the gathered rows are the same on every rank).
     """
     from itkm_lightning.clustering import knn  # clustering imports nothing from here; keeps the layers apart
 
     rank, world_size = rank_and_world_size()
     database = features.to(device)
     mine = query_slice(database.shape[0], rank, world_size)
-    similarities, indices = knn(database[mine], database, k, backend=backend)
+    similarities, indices = knn(database[mine], database, k, backend=backend, **(knn_options or {}))
     if world_size == 1:
         return similarities, indices
     similarities = all_gather_variable(torch.from_numpy(similarities).to(device)).cpu().numpy()

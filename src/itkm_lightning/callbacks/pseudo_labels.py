@@ -77,7 +77,7 @@ def cluster_blocks(features: np.ndarray, block_of_index: np.ndarray, cfg: Cluste
     for b, idx in enumerate(_block_indices(block_of_index, cfg.k1)):
         local = cluster(features[idx], method=cfg.method, eps=cfg.eps, min_samples=cfg.min_samples,
                         k1=cfg.k1, k2=cfg.k2, backend=cfg.backend,
-                        ranks=None if neighbours is None else neighbours[b])
+                        ranks=None if neighbours is None else neighbours[b], knn_options=cfg.knn_options())
         found = local >= 0
         if found.any():
             _, dense = np.unique(local[found], return_inverse=True)
@@ -89,7 +89,8 @@ def cluster_blocks(features: np.ndarray, block_of_index: np.ndarray, cfg: Cluste
 def block_neighbours(features: torch.Tensor, block_of_index: np.ndarray, cfg: ClusteringConfig,
                      device: torch.device | str = "cpu") -> list[np.ndarray]:
     """The k1 nearest neighbours inside every block, the search sharded over the DDP ranks (all ranks call)."""
-    return [sharded_knn(features[torch.from_numpy(idx)], cfg.k1, backend=cfg.backend, device=device)[1]
+    return [sharded_knn(features[torch.from_numpy(idx)], cfg.k1, backend=cfg.backend, device=device,
+                        knn_options=cfg.knn_options())[1]
             for idx in _block_indices(block_of_index, cfg.k1)]
 
 
