@@ -30,7 +30,8 @@ Every absent pair has Jaccard distance exactly 1 (``s = 0``), the largest possib
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Union
+from dataclasses import dataclass
+from typing import Callable, Literal, Union
 
 import numpy as np
 import scipy.sparse as sp
@@ -511,7 +512,8 @@ def _same_pattern(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
     return np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
 
 
-def _candidate_pairs(weights: sp.csr_matrix, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _candidate_pairs(weights: sp.csr_matrix, threshold: float,
+                     share: RowShare | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs i < j that may overlap by s_ij >= threshold: every such pair is among them (prefix filtering).
 
     With P_i the heaviest entries of row i whose remainder (suffix) weighs less than the threshold, a pair
@@ -519,16 +521,19 @@ def _candidate_pairs(weights: sp.csr_matrix, threshold: float) -> tuple[np.ndarr
     X1 = sum of V_ic and X2 = sum of V_jc over the shared columns c of P_i,
     s_ij <= min(X1, X2) + min(suffix_i, |V_j| - X2), an upper bound that two sparse products give for all
     pairs at once. A pair is kept when the bound reaches the threshold from both sides (i's and j's).
+    With a ``share``, this process bounds the rows of ``share.rows`` only and the directed candidates of
+    every process are gathered before the two sides are matched.
     """
     n = weights.shape[0]
-    prefix, suffix_mass = _prefix_split(weights, threshold)
+    first = 0 if share is None else share.rows.start
+    prefix, suffix_mass = _prefix_split(weights if share is None else weights[share.rows], threshold)
     prefix_support = sp.csr_matrix((np.ones(prefix.nnz, np.float32), prefix.indices, prefix.indptr), shape=prefix.shape)
     support_t = sp.csr_matrix((np.ones(weights.nnz, np.float32), weights.indices, weights.indptr),
                               shape=weights.shape).T.tocsr()
     weights_t = weights.T.tocsr()
     row_mass = np.asarray(weights.sum(axis=1, dtype=np.float64)).ravel().astype(np.float32)
     suffix_mass = suffix_mass.astype(np.float32)
-    kept_rows, kept_columns = [], []
+    kept_rows, kept_columns = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start, stop in _row_blocks(np.diff(prefix.indptr) * CANDIDATE_COLUMN_ESTIMATE, CANDIDATE_BLOCK_ENTRIES):
         # X1 and X2 by scipy's C++ sparse products. Both have the same sparsity pattern, and scipy emits the
         # columns of a product row in an order fixed by the operands' patterns, so the entries line up
@@ -543,15 +548,18 @@ def _candidate_pairs(weights: sp.csr_matrix, threshold: float) -> tuple[np.ndarr
                 own_mass = own_mass.multiply(other_mass.astype(bool)).tocsr()
                 own_mass.sort_indices()
                 other_mass.sort_indices()
-        rows = np.repeat(np.arange(start, stop), np.diff(own_mass.indptr))
+        local_rows = np.repeat(np.arange(start, stop), np.diff(own_mass.indptr))
+        rows = local_rows + first
         bound = np.minimum(own_mass.data, other_mass.data)
         np.subtract(row_mass[own_mass.indices], other_mass.data, out=other_mass.data)
-        bound += np.minimum(suffix_mass[rows], other_mass.data, out=other_mass.data)
+        bound += np.minimum(suffix_mass[local_rows], other_mass.data, out=other_mass.data)
         keep = bound >= threshold
         keep &= own_mass.indices != rows
         kept_rows.append(rows[keep])
         kept_columns.append(own_mass.indices[keep])
-    rows, columns = np.concatenate(kept_rows), np.concatenate(kept_columns)
+    rows, columns = np.concatenate(kept_rows).astype(np.int64), np.concatenate(kept_columns).astype(np.int64)
+    if share is not None:
+        rows, columns = share.gather(rows), share.gather(columns)
     directed = sp.csr_matrix((np.ones(len(rows), np.int8), (rows, columns)), shape=(n, n))
     both = sp.triu(directed.multiply(directed.T), k=1).tocsr()  # kept from both sides, i < j
     return np.repeat(np.arange(n), np.diff(both.indptr)), both.indices.astype(np.int64)
@@ -567,32 +575,51 @@ def _exact_overlaps(weights: sp.csr_matrix, rows: np.ndarray, columns: np.ndarra
     return overlaps
 
 
-def _pruned_jaccard(weights: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
+@dataclass(frozen=True)
+class RowShare:
+    """One process's share of the Jaccard graph's rows under DDP (see ``distributed.jaccard_row_share``).
+
+    ``rows``: the rows i this process bounds and whose pairs (i, j > i) it computes; ``gather``: concatenates
+    a 1-D array over all processes in rank order (every process calls it the same number of times).
+    """
+
+    rows: slice
+    gather: Callable[[np.ndarray], np.ndarray]
+
+
+def _pruned_jaccard(weights: sp.csr_matrix, max_distance: float, share: RowShare | None = None) -> sp.csr_matrix:
     """Only the pairs within max_distance (< 1): candidates by prefix filtering, then their exact overlap.
 
     The same distances as the all-pairs path for every pair within ``max_distance`` (the overlaps are
     summed in float64 instead of float32, so a pair within a float32 rounding of ``max_distance`` may
     fall on the other side), without enumerating the O(N * (N k / N)^2) pairs that share some weight.
+    With a ``share`` the rows are split over the processes and every process returns the whole matrix.
     """
     n = weights.shape[0]
     threshold = _overlap_threshold(max_distance)
-    rows, columns = _candidate_pairs(weights, threshold - PREFIX_SLACK)
+    rows, columns = _candidate_pairs(weights, threshold - PREFIX_SLACK, share)
+    if share is not None:
+        mine = (rows >= share.rows.start) & (rows < share.rows.stop)
+        rows, columns = rows[mine], columns[mine]
     overlaps = _exact_overlaps(weights, rows, columns)
     distances = np.clip(1.0 - overlaps / (2.0 - overlaps), 0.0, None)
     keep = distances <= max_distance
+    rows, columns, distances = rows[keep], columns[keep], distances[keep]
+    if share is not None:
+        rows, columns, distances = share.gather(rows), share.gather(columns), share.gather(distances)
     diagonal = np.arange(n)
     upper = sp.csr_matrix(
-        (np.concatenate((distances[keep], np.zeros(n))).astype(np.float32),
-         (np.concatenate((rows[keep], diagonal)), np.concatenate((columns[keep], diagonal)))),
+        (np.concatenate((distances, np.zeros(n))).astype(np.float32),
+         (np.concatenate((rows, diagonal)), np.concatenate((columns, diagonal)))),
         shape=(n, n),
     )
     return _mirror_upper(upper)
 
 
-def _jaccard_from_weights(weights: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
+def _jaccard_from_weights(weights: sp.csr_matrix, max_distance: float, share: RowShare | None = None) -> sp.csr_matrix:
     if max_distance < 1.0 and _overlap_threshold(max_distance) > PREFIX_SLACK:
-        return _pruned_jaccard(weights, max_distance)
-    return _all_pairs_jaccard(weights, max_distance)
+        return _pruned_jaccard(weights, max_distance, share)
+    return _all_pairs_jaccard(weights, max_distance)  # every process computes all rows (HDBSCAN: max_distance 1)
 
 
 def _all_pairs_jaccard(weights: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
@@ -616,6 +643,7 @@ def jaccard_distance(
     max_distance: float = 1.0,
     ranks: np.ndarray | None = None,
     knn_options: dict | None = None,
+    share: RowShare | None = None,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance (Cluster Contrast definition; see the module docstring).
 
@@ -631,6 +659,8 @@ def jaccard_distance(
             lets a caller run the search elsewhere (e.g. sharded over DDP ranks, see
             ``itkm_lightning.distributed.sharded_knn``). Searched here when None.
         knn_options: extra keywords of :func:`knn` for that search (``index``, ``nprobe``, ``ef_search``).
+        share: under DDP, this process's share of the rows (:class:`RowShare`); every process must call
+            with the same features and ranks and gets the same matrix.
 
     Returns:
         Symmetric (N, N) ``csr_matrix`` of float32 distances in [0, 1]. Stored entries are the pairs
@@ -658,7 +688,7 @@ def jaccard_distance(
     del reciprocal, half_reciprocal
     weights = _gaussian_weights(neighbourhoods, cpu_features)
     weights = _local_query_expansion(weights, ranks, k2)
-    return _jaccard_from_weights(weights, max_distance)
+    return _jaccard_from_weights(weights, max_distance, share)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -794,6 +824,7 @@ def cluster(
     backend: KnnBackend = "auto",
     ranks: np.ndarray | None = None,
     knn_options: dict | None = None,
+    share: RowShare | None = None,
 ) -> np.ndarray:
     """Pseudo-labels: DBSCAN (or HDBSCAN) on the k-reciprocal Jaccard distance.
 
@@ -808,6 +839,7 @@ def cluster(
         backend: kNN backend, see :func:`knn`.
         ranks: precomputed (N, k1) neighbour indices, see :func:`jaccard_distance`.
         knn_options: approximate search settings, see :func:`jaccard_distance`.
+        share: DDP share of the Jaccard rows, see :func:`jaccard_distance` (all processes get the labels).
 
     Returns:
         (N,) int64 labels, 0..C-1 for clusters and -1 for outliers. Empty input gives an empty array.
@@ -816,7 +848,7 @@ def cluster(
     # DBSCAN only looks at pairs within eps: dropping the others early is exact and saves memory.
     max_distance = eps if method == "dbscan" else 1.0
     distances = jaccard_distance(features, k1, k2, backend=backend, max_distance=max_distance, ranks=ranks,
-                                 knn_options=knn_options)
+                                 knn_options=knn_options, share=share)
     if distances.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     if method == "dbscan":

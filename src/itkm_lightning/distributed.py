@@ -73,3 +73,24 @@ def sharded_knn(
     similarities = all_gather_variable(torch.from_numpy(similarities).to(device)).cpu().numpy()
     indices = all_gather_variable(torch.from_numpy(indices).to(device)).cpu().numpy()
     return similarities, indices
+
+
+def gather_array(array: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Concatenate a 1-D numpy array over all ranks in rank order (every rank gets the result)."""
+    if not is_distributed():
+        return array
+    return all_gather_variable(torch.from_numpy(np.ascontiguousarray(array)).to(device)).cpu().numpy()
+
+
+def jaccard_row_share(num_rows: int, device: torch.device | str = "cpu"):
+    """This rank's share of a Jaccard graph's rows (``clustering.RowShare``); None without a process group.
+
+    Every rank computes the candidate pairs and exact overlaps of its contiguous slice of rows; the pairs
+    are gathered, so every rank ends with the whole, identical matrix.
+    """
+    from itkm_lightning.clustering import RowShare  # clustering imports nothing from here
+
+    if not is_distributed():
+        return None
+    rank, world_size = rank_and_world_size()
+    return RowShare(rows=query_slice(num_rows, rank, world_size), gather=lambda array: gather_array(array, device))
