@@ -109,7 +109,7 @@ def cluster_blocks_distributed(features: torch.Tensor, block_of_index: np.ndarra
     """
     neighbours = block_neighbours(features, block_of_index, cfg, device=device)
     labels = torch.from_numpy(cluster_blocks(features.numpy(), block_of_index, cfg, neighbours,
-                                             share_rows=lambda n: jaccard_row_share(n, device)))
+                                             lambda n: jaccard_row_share(n, device)))
     return broadcast_tensor(labels if rank_and_world_size()[0] == 0 else None).numpy()
 
 
