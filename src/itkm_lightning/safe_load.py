@@ -27,11 +27,19 @@ class UnreadableFileError(ValueError):
 
 @functools.cache
 def register_safe_types() -> None:
-    """Allow-list the project's config classes for ``weights_only`` loading (Lightning's own loads included)."""
-    from itkm_lightning.config import ClusteringConfig, OptimConfig, StageEpochs, WandbConfig
+    """Allow-list the project's config classes for ``weights_only`` loading (Lightning's own loads included).
+
+    Every pydantic value type of ``config.py`` is listed, so a config class added there later cannot make
+    the project's own checkpoints unloadable. They hold plain values only: allowing them runs no code.
+    """
+    from pydantic import BaseModel
+
+    from itkm_lightning import config
     from itkm_lightning.models.clip import BackboneConfig
 
-    torch.serialization.add_safe_globals([BackboneConfig, ClusteringConfig, OptimConfig, StageEpochs, WandbConfig])
+    own = [obj for obj in vars(config).values()
+           if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == config.__name__]
+    torch.serialization.add_safe_globals([BackboneConfig, *own])
 
 
 def _refused_global(err: BaseException) -> str | None:
