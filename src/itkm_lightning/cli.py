@@ -25,7 +25,7 @@ def one_line_parse_error(message: str) -> str:
     got = re.search(r"(?:Got|Given) value: (.*)$", str(message), flags=re.MULTILINE)
     reasons = []
     for line in lines:
-        if line.startswith(("Input should", "Value error", "Expected a", "Assertion failed")):
+        if line.startswith(("Input should", "Value error", "Expected a", "Assertion failed", "Import path")):
             reason = re.sub(r"\s*\[type=.*$", "", line).removeprefix("Value error, ")
             reason = re.sub(r"\. Got value: .*$", "", reason)
             if reason not in reasons:
@@ -36,6 +36,8 @@ def one_line_parse_error(message: str) -> str:
             return (f"{lines[0]}: no class_path in the config takes an argument {unknown.group(1)!r} "
                     "(misspelled init_args key?)")
         return lines[0] if lines else "invalid arguments"
+    if any(r.startswith("Import path") for r in reasons):  # a class_path that is no dataset source: not a short name
+        reasons = [r for r in reasons if not r.startswith("Expected a <class 'str'>")]
     expected = [re.sub(r"<class '(\w+)'>", r"\1", r.removeprefix("Expected a ")).replace("NoneType", "None")
                 .replace("typing.Literal[", "one of [")
                 for r in reasons if r.startswith("Expected a ")]
