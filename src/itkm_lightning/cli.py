@@ -25,19 +25,24 @@ def one_line_parse_error(message: str) -> str:
     got = re.search(r"(?:Got|Given) value: (.*)$", str(message), flags=re.MULTILINE)
     reasons = []
     for line in lines:
-        if line.startswith(("Input should", "Value error", "Expected a", "Assertion failed", "Import path")):
+        if line.startswith(("Input should", "Value error", "Expected a", "Assertion failed")):
             reason = re.sub(r"\s*\[type=.*$", "", line).removeprefix("Value error, ")
             reason = re.sub(r"\. Got value: .*$", "", reason)
             if reason not in reasons:
                 reasons.append(reason)
+    if key is not None and "Union subtypes" in message and "Given value type: <class 'dict'>" in message:
+        # A class_path entry where a short name (str) is also allowed: its own error, not "expected str".
+        errors = str(message).split("Errors:", 1)[-1].split("Given value type:")[0]
+        items = [" ".join(part.split()) for part in re.split(r"\n\s*- ", errors) if part.strip()]
+        items = [item for item in items if not item.startswith("Expected a <class 'str'>")]
+        if items:
+            return f"{key.group(1)}: {items[0]}"
     if key is None:
         unknown = re.fullmatch(r"Option '([^']+)' is not accepted", lines[0]) if lines else None
         if unknown:  # jsonargparse does not say where: an init_args key that the named class does not take
             return (f"{lines[0]}: no class_path in the config takes an argument {unknown.group(1)!r} "
                     "(misspelled init_args key?)")
         return lines[0] if lines else "invalid arguments"
-    if any(r.startswith("Import path") for r in reasons):  # a class_path that is no dataset source: not a short name
-        reasons = [r for r in reasons if not r.startswith("Expected a <class 'str'>")]
     expected = [re.sub(r"<class '(\w+)'>", r"\1", r.removeprefix("Expected a ")).replace("NoneType", "None")
                 .replace("typing.Literal[", "one of [")
                 for r in reasons if r.startswith("Expected a ")]
