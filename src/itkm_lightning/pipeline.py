@@ -263,7 +263,7 @@ class Pipeline:
         if trainer.interrupted:
             rank_zero_info(f"{name} was interrupted; run the same command again to resume it from its last checkpoint")
             return False
-        if module.evaluates_images and self.datamodule.benchmarks:
+        if module.evaluates_images and not self._nothing_to_score():
             with timings.part(f"eval_{name}"):
                 if getattr(module, "benchmark_results_step", -1) != trainer.global_step or trainer.global_step == 0:
                     trainer.validate(module, datamodule=self.datamodule, verbose=False)  # the last epoch did not
@@ -286,6 +286,11 @@ class Pipeline:
             self.final_module, self.final_trainer = module, trainer
         rank_zero_info(f"{name} finished: hand-over written to {handoff_path(self.run_dir, name)}")
         return True
+
+    def _nothing_to_score(self) -> bool:
+        """The data has no benchmark with query and gallery images (ReIDDataModule.nothing_to_score)."""
+        check = getattr(self.datamodule, "nothing_to_score", None)
+        return bool(check()) if callable(check) else False
 
     @staticmethod
     def _pseudo_label_history(trainer) -> list[dict]:
@@ -311,8 +316,7 @@ class Pipeline:
         from itkm_lightning.baselines import raw_pixel_results
 
         write = trainer.is_global_zero
-        self.datamodule.setup("validate")
-        if not self.datamodule.benchmarks:
+        if self._nothing_to_score():
             return  # own footage without labels: no baseline to score (fit reports pseudo-label statistics)
         if module.evaluates_images and "untrained" not in self.results:
             with timings.part("eval_untrained"):

@@ -145,6 +145,12 @@ class ReIDDataModule(L.LightningDataModule):
         if not self.train_samples:
             raise ValueError("the configured sources have no training images")
 
+    def nothing_to_score(self) -> bool:
+        """No benchmark has query and gallery images (own footage without a labels file): fit reports
+        pseudo-label statistics instead of mAP."""
+        self.setup("validate")
+        return not self.benchmarks
+
     def _without_unreadable(self, benchmarks: list[BenchmarkSplit]) -> list[BenchmarkSplit]:
         """``on_unreadable=skip``: drop images that do not decode, reporting the count once."""
         paths = sorted({s.path for b in benchmarks for s in (*b.train, *b.query, *b.gallery)})
