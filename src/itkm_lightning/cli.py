@@ -368,6 +368,10 @@ from itkm_lightning.command import TOOLS, run_tool as _run_tool  # noqa: E402  (
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``itkm`` console script and ``python -m itkm_lightning``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):  # the same overview as the light entry point (command.py)
+        from itkm_lightning.command import main as light_main
+
+        return light_main(argv)
     if argv and argv[0] in TOOLS:
         try:
             check_config_files(argv)

@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from itkm_lightning.fileio import atomic_write_json
 from itkm_lightning.tools.embedding_files import FEATURES_FILE, is_embedding_dir, load_embeddings
@@ -74,6 +73,8 @@ class GalleryIndex:
         k = min(k, len(self.gallery))
         if self.backend == "faiss":
             return self.index.search(queries, k)
+        import torch  # here: `itkm search` on features with faiss needs no torch
+
         scores = torch.from_numpy(queries) @ torch.from_numpy(self.gallery).T
         top = scores.topk(k, dim=1)
         return top.values.numpy(), top.indices.numpy()
@@ -156,12 +157,9 @@ def _features_of(inputs: list[str], args, role: str, open_model) -> tuple[np.nda
         raise ValueError(f"the {role} is not an `itkm embed` folder ({FEATURES_FILE} + index.csv), so it must be "
                          "embedded: pass --model (run directory or checkpoint) and --scenario")
     from itkm_lightning.tools.embed import tagged_samples
-    from itkm_lightning.tools.features import embed_samples, encoder_features
 
     samples = tagged_samples(inputs, args.scenario, args.group)
-    encoder, backbone, device = open_model()
-    features = embed_samples(encoder_features(encoder, args.feature, args.flip), samples, backbone.image_size,
-                             device=device, batch_size=args.batch_size, num_workers=args.num_workers)
+    features = open_model().embed_samples(samples)
     return features.numpy(), [s.path for s in samples], None
 
 
@@ -251,12 +249,10 @@ def main(argv: list[str]) -> None:
 
     @functools.cache
     def open_model():  # loaded once, and only when images must be embedded
-        from itkm_lightning.tools.features import resolve_device
-        from itkm_lightning.tools.model_source import load_image_encoder
+        from itkm_lightning.extractor import FeatureExtractor
 
-        device = resolve_device(args.device)
-        encoder, backbone = load_image_encoder(args.model)
-        return encoder.to(device), backbone, device
+        return FeatureExtractor(args.model, device=args.device, feature=args.feature, flip=args.flip,
+                                batch_size=args.batch_size, num_workers=args.num_workers)
 
     gallery, gallery_paths, gallery_dir = _features_of([args.gallery], args, "gallery", open_model)
     queries, query_paths, _ = _features_of(args.queries, args, "query", open_model)
