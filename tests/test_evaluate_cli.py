@@ -171,6 +171,23 @@ def test_bad_evaluate_input_is_one_line(trained, synthetic_root, tmp_path, capsy
                                                          "--out", str(tmp_path / "o")])
 
 
+REAL_CONFIGS = sorted(p.name for p in (REPO / "conf").glob("*.yaml")
+                      if p.stem not in ("demo", "smoke") and not p.stem.startswith("pretrain"))
+
+
+@pytest.mark.parametrize("config", REAL_CONFIGS)
+def test_every_real_config_without_its_data_names_the_layout(config, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", str(tmp_path / "model"), "--config", str(REPO / "conf" / config),
+              "--data.root", str(tmp_path / "empty"), "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "Expected layout" in err and "data/README.md" in err
+    if config == "ums.yaml":  # three datasets, all named at once
+        assert "3 configured datasets are not usable" in err
+    assert not (tmp_path / "eval").exists()
+
+
 def test_lightning_validate_and_test_are_not_offered(capsys):
     for subcommand in ("validate", "test", "predict"):
         with pytest.raises(SystemExit) as exit_info:

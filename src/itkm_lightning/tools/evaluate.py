@@ -71,11 +71,19 @@ def main(argv: list[str]) -> None:
     flip = bool(model_cfg.get("flip_test")) if args.flip is None else args.flip
 
     root = Path(data.get("root") or "data")
-    benchmarks = []
+    benchmarks, problems = [], []
     for entry in entries:
         source = source_of(entry)
-        source.prepare(root)
-        benchmarks.extend(source.load(root))
+        try:
+            source.prepare(root)
+            benchmarks.extend(source.load(root))
+        except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+            problems.append(str(err).strip())
+    if len(problems) == 1:
+        raise FileNotFoundError(problems[0])
+    if problems:  # all at once, as `itkm fit` reports them
+        raise FileNotFoundError(f"{len(problems)} configured datasets are not usable:\n"
+                                + "\n".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
     if args.benchmark:
         names = [b.name for b in benchmarks]
         missing = [n for n in args.benchmark if n not in names]
