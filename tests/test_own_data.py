@@ -122,6 +122,10 @@ def test_fit_without_labels_reports_pseudo_labels_and_embed_works(synthetic_root
     assert stats["num_clusters"] >= 2  # a trainable clustering (it would have stopped otherwise)
     main(["embed", str(crops / "crops"), "--model", str(run_dir), "--scenario", "cr", "--out", str(tmp_path / "emb")])
     main(["search", str(tmp_path / "emb"), "--gallery", str(tmp_path / "emb"), "--topk", "2", "--format", "json"])
+    main(["embed", "--config", str(config), "--split", "train", "--model", str(run_dir), "--out", str(tmp_path / "e2")])
+    with pytest.raises(SystemExit) as exit_info:  # nothing labelled: no test split
+        main(["embed", "--config", str(config), "--model", str(run_dir), "--out", str(tmp_path / "e3")])
+    assert exit_info.value.code == 2
 
 
 # ------------------------------------------------------------------ real images, labels withheld

@@ -85,7 +85,11 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
     parts = {"query": ("query",), "gallery": ("gallery",), "test": ("query", "gallery"), "train": ("train",)}
     if split not in parts:
         raise ValueError(f"split must be one of {list(parts)}, got {split!r}")
-    return [s for b in benchmarks for part in parts[split] for s in getattr(b, part)]
+    samples = [s for b in benchmarks for part in parts[split] for s in getattr(b, part)]
+    if not samples:  # e.g. --split test of own footage without a labels file
+        raise ValueError(f"the config's {split} split holds no images ({', '.join(b.name for b in benchmarks)}); "
+                         "try --split train")
+    return samples
 
 
 def encoder_features(encoder: CLIPImageEncoder, feature: str = "f", flip: bool = False) -> Encode:
