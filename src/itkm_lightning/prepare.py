@@ -3,6 +3,8 @@
     itkm prepare mlr --source cuhk03 --root /data/cuhk03 --out /data [--boxes labeled] [--split 0]
     itkm prepare mlr --source market1501 --root /data/Market-1501-v15.09.15 --out /data
     itkm prepare mlr --source viper --root /data/VIPeR --out /data [--split 0]
+    itkm prepare mlr --source cuhk03 --root ../shared/realdata/cuhk03_manideep2510_dev --out /data \
+        --train-ids 80-599 --test-ids 600-742         (CUHK03 crops listed in a labels.csv)
 
 The recipe is docs/protocols.md section 6: designated LR cameras, one rate per LR image from
 ``numpy.random.default_rng(0).integers(2, 5, size=len(L))`` over the LR images sorted by source path,
@@ -218,6 +220,73 @@ def plan_cuhk03(release: CUHK03Release, split: int) -> SourcePlan:
     return SourcePlan("cuhk03", images, lambda image: release.open(image.handle), settings)
 
 
+CROPS_LABELS = "labels.csv"
+CROPS_COLUMNS = ("path", "pid", "camera_view", "width", "height")
+CROPS_CAMERA = {"A": 1, "B": 2}
+"""CUHK03 crops with a labels.csv (e.g. manideep2510's labeled/train/NNNN_KK.jpg): view A -> c1 (HR), B -> c2 (LR)."""
+
+
+def parse_id_range(text: str) -> range:
+    """``"600-742"`` -> range(600, 743) (inclusive bounds)."""
+    try:
+        low, high = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"an id range is FIRST-LAST, e.g. 600-742; got {text!r}") from None
+    if low > high:
+        raise ValueError(f"id range {text!r} is empty (FIRST > LAST)")
+    return range(low, high + 1)
+
+
+def is_crops_folder(root: Path) -> bool:
+    return (root / CROPS_LABELS).is_file()
+
+
+def plan_cuhk03_crops(root: Path, train_ids: range | None, test_ids: range | None) -> SourcePlan:
+    """CUHK03 crops listed in ``labels.csv`` (columns path, pid, camera_view A/B, width, height).
+
+    No classic split exists for such a folder, so the held-out identities are named: ``test_ids`` go to
+    query (view B) and gallery (view A); ``train_ids`` (default: every other id) to training, unlabelled.
+    Identities keep their own numbers; ids in neither range are left out.
+    """
+    with (root / CROPS_LABELS).open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in CROPS_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{root / CROPS_LABELS} lacks the column(s) {missing}; expected {list(CROPS_COLUMNS)}")
+        rows = list(reader)
+    if not rows:
+        no_images_error("CUHK03 (labels.csv)", root / CROPS_LABELS)
+    pids = sorted({int(row["pid"]) for row in rows})
+    test = set(test_ids) if test_ids is not None else set(pids[-100:])  # like a classic split: 100 test ids
+    train = set(train_ids) if train_ids is not None else set(pids) - test
+    if train & test:
+        raise ValueError(f"--train-ids and --test-ids overlap (e.g. id {min(train & test)}); hold test ids out")
+    images = []
+    for row in rows:
+        pid, view = int(row["pid"]), row["camera_view"]
+        if view not in CROPS_CAMERA:
+            raise ValueError(f"{root / CROPS_LABELS}: camera_view must be A or B, got {view!r} for {row['path']}")
+        cam = CROPS_CAMERA[view]
+        if pid in test:
+            folder = QUERY if cam == 2 else GALLERY
+        elif pid in train:
+            folder = TRAIN
+        else:
+            continue
+        images.append(SourceImage(folder, pid, cam, row["path"], int(row["width"]), int(row["height"]),
+                                  handle=root / row["path"]))
+    if not any(i.folder == TRAIN for i in images) or not any(i.folder == QUERY for i in images):
+        raise ValueError(f"{root}: the id ranges select no training or no test images (ids {pids[0]}-{pids[-1]})")
+    ranges = {"train_ids": _range_text(train_ids), "test_ids": _range_text(test_ids)}
+    settings = {"source_root": str(root.resolve()), "source_layout": "crops", "boxes": None, "split": None,
+                **ranges, "test_id_count": len(test & set(pids))}
+    return SourcePlan("cuhk03", images, lambda image: load_rgb(str(image.handle)), settings)
+
+
+def _range_text(ids: range | None) -> str | None:
+    return None if ids is None else f"{ids.start}-{ids.stop - 1}"
+
+
 def plan_viper(root: Path, split: int) -> SourcePlan:
     """VIPeR: cam_a -> c1 (HR), cam_b -> c2 (LR); ids 1..N in sorted cam_a order; half train by permutation."""
     dataset_dir = root if (root / "cam_a").is_dir() or not (root / "VIPeR").is_dir() else root / "VIPeR"
@@ -276,7 +345,7 @@ class BuildReport:
 
 def build_mlr(
     source: str, root: str | Path, out: str | Path, *, boxes: str | None = None, split: int | None = None,
-    progress: bool = True,
+    progress: bool = True, train_ids: str | None = None, test_ids: str | None = None,
 ) -> BuildReport:
     """Build (or resume, verify, repair) ``<out>/MLR-<source>`` from the original dataset at ``root``."""
     root, out = Path(root), Path(out)
@@ -291,6 +360,16 @@ def build_mlr(
     if not root.exists():
         raise FileNotFoundError(f"--root {root} does not exist; point it at the original {source} dataset")
     dest = out / MLR_OUTPUT_DIRS[source]
+    crops = source == "cuhk03" and is_crops_folder(root)
+    if (train_ids is not None or test_ids is not None) and not crops:
+        raise ValueError(f"--train-ids/--test-ids apply to CUHK03 crops with a {CROPS_LABELS} only")
+    if crops:
+        if boxes is not None or split is not None:
+            raise ValueError(f"{root} holds crops listed in {CROPS_LABELS}: name the test ids with --test-ids, "
+                             "not --split/--boxes")
+        to_range = parse_id_range
+        return _build(plan_cuhk03_crops(root, train_ids and to_range(train_ids), test_ids and to_range(test_ids)),
+                      dest, progress)
     if source == "cuhk03":
         with CUHK03Release(root, boxes or "labeled") as release:
             return _build(plan_cuhk03(release, split or 0), dest, progress)
@@ -428,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CUHK03 boxes (default labeled)")
     mlr.add_argument("--split", type=int, default=None,
                      help="CUHK03 classic split 0-19 or VIPeR permutation seed (default 0)")
+    mlr.add_argument("--train-ids", default=None,
+                     help="CUHK03 crops (labels.csv): training ids FIRST-LAST (default: every id not tested)")
+    mlr.add_argument("--test-ids", default=None,
+                     help="CUHK03 crops (labels.csv): held-out test ids FIRST-LAST (default: the last 100)")
     mlr.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     return parser
 
@@ -436,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``itkm prepare``."""
     args = build_parser().parse_args(argv)
     report = build_mlr(args.source, args.root, args.out, boxes=args.boxes, split=args.split,
-                       progress=args.progress)
+                       progress=args.progress, train_ids=args.train_ids, test_ids=args.test_ids)
     print(_summary(report))
     strays = stray_files(report.dest)
     if strays:  # only reported, never deleted: they may be the user's

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from torchmetrics.functional.clustering import adjusted_rand_score, normalized_mutual_info_score
 
 from itkm_lightning.clustering import cluster
 from itkm_lightning.config import ClusteringConfig
@@ -44,11 +45,18 @@ def block_quality(labels: np.ndarray, identities: list[str]) -> dict[str, float]
     singletons = labels.copy()
     outliers = singletons < 0
     singletons[outliers] = singletons.max(initial=-1) + 1 + np.arange(int(outliers.sum()))
+    # torchmetrics computes both scores (equal to scikit-learn's within 1e-6; tests/test_timm_tower.py).
+    preds = torch.from_numpy(singletons.astype(np.int64))
+    target = torch.from_numpy(np.unique(np.asarray(identities), return_inverse=True)[1].astype(np.int64).reshape(-1))
+    with warnings.catch_warnings():  # torchmetrics' contingency table: a sparse-tensor notice, not a problem
+        warnings.simplefilter("ignore", UserWarning)
+        ari = float(adjusted_rand_score(preds, target))
+        nmi = float(normalized_mutual_info_score(preds, target))
     return {
         "num_clusters": int(len(set(labels[labels >= 0].tolist()))),
         "num_outliers": int(outliers.sum()),
-        "ari": float(adjusted_rand_score(identities, singletons)),
-        "nmi": float(normalized_mutual_info_score(identities, singletons)),
+        "ari": ari,
+        "nmi": nmi,
     }
 
 

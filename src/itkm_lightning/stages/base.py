@@ -23,7 +23,8 @@ from itkm_lightning.evaluation import (
     re_ranking,
     summarize,
 )
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
+from itkm_lightning.models.backbone import build_image_encoder
+from itkm_lightning.models.clip import BackboneConfig
 from itkm_lightning.safe_load import register_safe_types
 
 # Resuming a stage built outside LightningCLI: Lightning's weights_only load meets our configs in its hparams.
@@ -85,7 +86,8 @@ class ReIDStage(L.LightningModule):
     """Base of the stages: owns ``encoder`` and scores every benchmark of the datamodule in validation.
 
     Args:
-        backbone: the CLIP image encoder (weights source, input size, scenario embedding, dual branch).
+        backbone: the image encoder (CLIP ViT or timm CNN: weights source, input size, scenario embedding,
+            dual branch).
         optim: optimiser and schedule.
         flip_test: average features of an image and its mirror at test time.
         retrieval_feature: ``f`` (CLS after the final layer norm) or ``f+v`` (concatenated with the projection,
@@ -110,7 +112,7 @@ class ReIDStage(L.LightningModule):
         self.optim = optim
         self.flip_test = flip_test
         self.retrieval_feature = retrieval_feature
-        self.encoder = CLIPImageEncoder(self.backbone_config)
+        self.encoder = build_image_encoder(self.backbone_config)
         self.benchmark_results: dict[str, dict[str, Any]] = {}
         self.rerank = None  # a RerankConfig from the run's ``evaluation.rerank`` (set by the CLI/pipeline)
         self.benchmark_results_step = -1

@@ -33,9 +33,9 @@ from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.feature_batches import CachedFeatureDataset, ScenarioMixingClusterSampler
 from itkm_lightning.data.schema import SCENARIOS, Sample
 from itkm_lightning.data.transforms import test_transform
+from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.clip import (
     BackboneConfig,
-    CLIPImageEncoder,
     CLIPTextEncoder,
     PromptTemplate,
     build_prompt_template,
@@ -139,6 +139,12 @@ class Stage2(L.LightningModule):
         self.hparams["backbone"] = backbone.model_dump(mode="json")
         self.backbone_config = backbone
         self.text_encoder = CLIPTextEncoder(self._frozen_clip())
+        if backbone.kind == "timm" and self.text_encoder.projection_dim != backbone.projection_dim:
+            raise ValueError(
+                f"the timm tower projects v to backbone.projection_dim={backbone.projection_dim} but the text tower "
+                f"{backbone.name_or_path} has projection_dim {self.text_encoder.projection_dim}; set "
+                f"model.backbone.projection_dim: {self.text_encoder.projection_dim}"
+            )
         template = build_prompt_template(
             clip_tokenizer(backbone.name_or_path), num_prompt_words, prompt_prefix, prompt_suffix
         )
@@ -288,7 +294,8 @@ class Stage2(L.LightningModule):
         # Runs before trainer.fit, so every process extracts everything on its own device (no process group yet).
         device = self._extract_device()
         cfg = self.backbone_config.model_copy(update={"scenario_embedding": "none", "dual_branch": False})
-        encoder = CLIPImageEncoder(cfg, self._frozen_clip()).to(device).eval()
+        clip_model = self._frozen_clip() if cfg.kind == "clip" else None  # timm: its own pretrained weights
+        encoder = build_image_encoder(cfg, clip_model=clip_model).to(device).eval()
         # group 0 everywhere needed is already set by the caller; no view transform is applied
         dataset = ReIDImageDataset(samples, test_transform(datamodule.image_size))
         loader = DataLoader(dataset, batch_size=datamodule.test_batch_size, num_workers=datamodule.num_workers)

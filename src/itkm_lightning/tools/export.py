@@ -39,6 +39,8 @@ class ExportableEncoder(nn.Module):
 
     def forward(self, pixel_values: Tensor, scenario: Tensor, group: Tensor) -> Tensor:
         enc = self.encoder
+        if hasattr(enc, "export_forward"):  # the timm tower routes its stems itself (models/timm_tower.py)
+            return F.normalize(enc.export_forward(pixel_values, scenario, group), dim=1)
         patches = None
         for index, branch in enumerate(enc.patch_embeddings):
             tokens = branch(pixel_values).flatten(2).transpose(1, 2)

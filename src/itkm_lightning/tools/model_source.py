@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from itkm_lightning import safe_load
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, clip_architecture
+from itkm_lightning.models.backbone import build_image_encoder
+from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
 
 ENCODER_PREFIX = "encoder."
 # A run directory's finished stages, most trained first (stage2 trains text only: no image encoder).
@@ -31,7 +32,7 @@ def load_image_encoder(source: str | Path) -> tuple[CLIPImageEncoder, BackboneCo
     if path.is_dir():
         path = _pick_from_run_dir(path)
     state, backbone = _read_weights(path)
-    encoder = CLIPImageEncoder(backbone, clip_model=clip_architecture(backbone))
+    encoder = build_image_encoder(backbone, for_loading=True)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as err:
