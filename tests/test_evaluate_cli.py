@@ -217,3 +217,38 @@ def test_evaluate_on_cuhk01_real_images(rerank, trained, tmp_path):
     assert_same_scores(got, reference_scores(stage, [str(config)], [], rerank=RerankConfig() if rerank else None))
     assert ("rerank" in got["cuhk01"]) == rerank
     assert (tmp_path / "eval" / "figures" / "ranked_cuhk01.png").is_file()
+
+
+# ------------------------------------------------------------------ the timm image tower (model.backbone.kind: timm)
+def test_evaluate_and_the_extractor_open_a_timm_model(synthetic_root, tmp_path):
+    from itkm_lightning import FeatureExtractor
+    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.config_files import source_of
+    from itkm_lightning.handoffs import save_handoff
+    from itkm_lightning.models.backbone import build_image_encoder
+    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.tools.features import embed_samples, encoder_features, samples_from_config
+
+    pytest.importorskip("timm")
+    cfg = BackboneConfig(kind="timm", timm_name="mobilenetv2_100", timm_weights=None, pretrained=False,
+                         image_size=(64, 32), projection_dim=16)
+    torch.manual_seed(0)
+    trained = build_image_encoder(cfg).eval()
+    with torch.no_grad():
+        trained.scenario_embedding.normal_()
+    save_handoff(tmp_path / "run" / "stage1" / "handoff.pt",
+                 {"stage": "stage1", "encoder": trained.state_dict(), "backbone": cfg.model_dump()})
+    overrides = ["--data.root", str(synthetic_root)]
+    got = evaluate(["--model", str(tmp_path / "run"), "--config", SMOKE, *overrides, "--benchmark", "synthetic_vi",
+                    "--queries_shown", "0", "--out", str(tmp_path / "eval")])["evaluated"]
+    samples = samples_from_config([SMOKE], "test", "synthetic_vi", overrides)
+    features = embed_samples(encoder_features(trained), samples, (64, 32), progress=False)
+    data = parse_fit_config([SMOKE], overrides).data
+    (bench,) = [b for b in source_of(data.sources[0]).load(synthetic_root) if b.name == "synthetic_vi"]
+    assert_same_scores(got, {"synthetic_vi": evaluate_benchmark(bench, features)})
+    fx = FeatureExtractor(tmp_path / "run", device="cpu")
+    for group in (0, 1):  # one call tags all its images alike
+        rows = [i for i, s in enumerate(samples) if s.group == group][:3]
+        torch.testing.assert_close(fx([samples[i].path for i in rows], scenario="vi", group=group), features[rows],
+                                   atol=1e-5, rtol=1e-4)
