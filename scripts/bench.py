@@ -1,12 +1,17 @@
 """The benchmark suite: every figure next to a baseline measured in the same run (``make bench``).
 
 Usage: PYTHONPATH=src python scripts/bench.py [--sizes 10000,30000,100000] [--only pseudo,ddp,evaluate,train,extract]
-       [--out benchmarks/results.json]
+       [--out benchmarks/results.json] [--reference DIR]
 
 Measurements (benchmarks/README.md explains each):
   pseudo    pseudo-labels (kNN + sparse k-reciprocal Jaccard + DBSCAN) on N synthetic 512-d features against a
             straightforward dense implementation (N x N distances, dense Jaccard, DBSCAN on the dense matrix):
-            time, peak memory, adjusted Rand index between the two label sets.
+            time, peak memory, adjusted Rand index between the two label sets. Also, from the same exact kNN
+            ranks: the graph part (Jaccard + DBSCAN) of ours against the code before issue 18 (clustering.py
+            at BEFORE_REV, loaded from git: all-pairs Jaccard + scikit-learn DBSCAN), the approximate IVF
+            search (ARI against exact), and, with --reference DIR (a folder holding Cluster-Contrast's
+            faiss_rerank.py and faiss_utils.py, from a clone outside this repository) at N <= 20k, the
+            reference pipeline: compute_jaccard_distance (CPU faiss) + scikit-learn DBSCAN.
   ddp       the sharded kNN behind the pseudo-labels with 1 vs 2 gloo processes (one thread each).
   evaluate  evaluate_rank at Market-1501 test scale against a per-query loop (scripts/bench_evaluate.py).
   train     Stage I training steps/s with the tiny backbone: Trainer.fit on the LightningModule against a
@@ -32,8 +37,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DIM = 512
 CLUSTERING = {"eps": 0.6, "min_samples": 4, "k1": 30, "k2": 6}  # the Market-1501 settings of conf/ums.yaml
-DENSE_MAX_N = 30_000  # one N x N float32 matrix is 3.6 GB here; 100k would need 40 GB per matrix
+DENSE_MAX_N = 30_000
+REFERENCE_MAX_N = 20_000  # Cluster-Contrast's code holds two dense N x N float32 matrices (3.2 GB at 20k)
+# The code before issue 18 (graph part: all-pairs Jaccard, scikit-learn DBSCAN), measured from git.
+BEFORE_REV = "03d605d"
+APPROXIMATE = {"index": "ivf", "nprobe": 16}  # one N x N float32 matrix is 3.6 GB here; 100k would need 40 GB per matrix
 THREADS = 2
+REFERENCE_DIR: str | None = None  # --reference
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -129,7 +139,27 @@ def dense_pseudo_labels(features, k1: int, k2: int, eps: float, min_samples: int
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(jaccard)
 
 
-def child_pseudo(n: int, method: str, labels_out: str) -> dict:
+def _clustering_before():
+    """clustering.py as it was at BEFORE_REV, imported from a temporary file (git show)."""
+    import importlib.util
+
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{BEFORE_REV}:src/itkm_lightning/clustering.py"],
+                            capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "clustering_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("clustering_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def child_pseudo(n: int, method: str, labels_out: str, ranks_path: str | None = None) -> dict:
+    """One pseudo-label pipeline on the synthetic features; the graph part timed from saved exact ranks.
+
+    method: "sparse" (ours: exact kNN, saved to ranks_path, then the graph part), "before" (the graph part of
+    the code at BEFORE_REV from the saved ranks), "approximate" (ours with the IVF index), "dense",
+    "reference" (Cluster-Contrast, with its own CPU faiss search).
+    """
     import numpy as np
 
     from itkm_lightning.clustering import cluster, knn
@@ -137,18 +167,59 @@ def child_pseudo(n: int, method: str, labels_out: str) -> dict:
     set_threads(THREADS)
     features, _ = synthetic_features(n)
     start, cpu_start = time.perf_counter(), time.process_time()
+    knn_s = None
     if method == "sparse":
         knn_start = time.perf_counter()
         _, ranks = knn(features, features, CLUSTERING["k1"])
         knn_s = time.perf_counter() - knn_start
+        np.save(ranks_path, ranks)
+        graph_start = time.perf_counter()
         labels = cluster(features, ranks=ranks, **CLUSTERING)
+    elif method == "before":
+        before = _clustering_before()
+        ranks = np.load(ranks_path)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        graph_start = start
+        labels = before.cluster(features, ranks=ranks, **CLUSTERING)
+    elif method == "approximate":
+        knn_start = time.perf_counter()
+        _, ranks = knn(features, features, CLUSTERING["k1"], **APPROXIMATE)
+        knn_s = time.perf_counter() - knn_start
+        graph_start = time.perf_counter()
+        labels = cluster(features, ranks=ranks, **CLUSTERING)
+    elif method == "reference":
+        graph_start = None
+        labels = reference_pseudo_labels(features, **CLUSTERING)
     else:
-        knn_s = None
+        graph_start = None
         labels = dense_pseudo_labels(features, **CLUSTERING)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     np.save(labels_out, labels)
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "knn_seconds": knn_s, "peak_gib": peak_rss_gib(),
-            "clusters": int(labels.max() + 1), "outliers": int((labels < 0).sum())}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "knn_seconds": knn_s,
+            "graph_seconds": None if graph_start is None else time.perf_counter() - graph_start,
+            "peak_gib": peak_rss_gib(), "clusters": int(labels.max() + 1), "outliers": int((labels < 0).sum())}
+
+
+def reference_pseudo_labels(features, k1: int, k2: int, eps: float, min_samples: int):
+    """Cluster-Contrast's pipeline: compute_jaccard_distance (search_option=3: CPU faiss) + sklearn DBSCAN."""
+    import importlib
+    import shutil
+
+    import torch
+    from sklearn.cluster import DBSCAN
+
+    folder = Path(os.environ["ITKM_BENCH_REFERENCE"])
+    package = Path(tempfile.mkdtemp()) / "cc_reference"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("faiss_rerank.py", "faiss_utils.py"):
+        shutil.copy(folder / name, package / name)
+    sys.path.insert(0, str(package.parent))
+    compute_jaccard_distance = importlib.import_module("cc_reference.faiss_rerank").compute_jaccard_distance
+    distances = compute_jaccard_distance(torch.from_numpy(features), k1=k1, k2=k2, print_flag=False,
+                                         search_option=3)
+    # As in Cluster-Contrast's examples/cluster_contrast_train_usl.py.
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(distances)
 
 
 # ------------------------------------------------------------------ (a') sharded kNN, 1 vs 2 processes
@@ -362,6 +433,8 @@ CHILDREN = {"pseudo": child_pseudo, "ddp": child_ddp, "evaluate": child_evaluate
 def run_child(name: str, **kwargs) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--child-args", json.dumps(kwargs)]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_WAIT_POLICY="PASSIVE")
+    if REFERENCE_DIR:
+        env["ITKM_BENCH_REFERENCE"] = REFERENCE_DIR
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -369,16 +442,39 @@ def run_child(name: str, **kwargs) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_pseudo(sizes: list[int]) -> list[dict]:
+def bench_pseudo(sizes: list[int], reference: str | None) -> list[dict]:
     import numpy as np
     from sklearn.metrics import adjusted_rand_score
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        def labels(name: str, n: int):
+            return np.load(f"{tmp}/{name}{n}.npy")
+
         for n in sizes:
-            print(f"pseudo-labels N={n}: sparse ...", flush=True)
-            sparse = run_child("pseudo", n=n, method="sparse", labels_out=f"{tmp}/sparse{n}.npy")
+            print(f"pseudo-labels N={n}: sparse (ours) ...", flush=True)
+            ranks_path = f"{tmp}/ranks{n}.npy"
+            sparse = run_child("pseudo", n=n, method="sparse", labels_out=f"{tmp}/sparse{n}.npy", ranks_path=ranks_path)
             row = {"n": n, "dim": DIM, **CLUSTERING, "sparse": sparse}
+            if "error" not in sparse:
+                print(f"pseudo-labels N={n}: graph part of the code at {BEFORE_REV} ...", flush=True)
+                row["before"] = run_child("pseudo", n=n, method="before", labels_out=f"{tmp}/before{n}.npy",
+                                          ranks_path=ranks_path)
+                if "error" not in row["before"]:
+                    row["ari_sparse_vs_before"] = float(adjusted_rand_score(labels("before", n), labels("sparse", n)))
+                    row["points_differing_from_before"] = int((labels("before", n) != labels("sparse", n)).sum())
+                print(f"pseudo-labels N={n}: approximate kNN {APPROXIMATE} ...", flush=True)
+                row["approximate"] = run_child("pseudo", n=n, method="approximate",
+                                               labels_out=f"{tmp}/approximate{n}.npy")
+                if "error" not in row["approximate"]:
+                    row["ari_approximate_vs_exact"] = float(adjusted_rand_score(labels("sparse", n),
+                                                                                labels("approximate", n)))
+            if reference and n <= REFERENCE_MAX_N:
+                print(f"pseudo-labels N={n}: Cluster-Contrast reference ...", flush=True)
+                row["reference"] = run_child("pseudo", n=n, method="reference", labels_out=f"{tmp}/reference{n}.npy")
+                if "error" not in sparse and "error" not in row["reference"]:
+                    row["ari_sparse_vs_reference"] = float(adjusted_rand_score(labels("reference", n),
+                                                                               labels("sparse", n)))
             if n > DENSE_MAX_N:
                 row["dense"] = {"not_run": f"needs ~{n * n * 12 / 1e9:.0f} GB: the N x N float32 distances "
                                            f"({n * n * 4 / 1e9:.0f} GB) and argpartition's N x N int64 indices; "
@@ -387,12 +483,11 @@ def bench_pseudo(sizes: list[int]) -> list[dict]:
                 print(f"pseudo-labels N={n}: dense baseline ...", flush=True)
                 row["dense"] = run_child("pseudo", n=n, method="dense", labels_out=f"{tmp}/dense{n}.npy")
                 if "error" not in sparse and "error" not in row["dense"]:
-                    row["ari_sparse_vs_dense"] = float(adjusted_rand_score(np.load(f"{tmp}/sparse{n}.npy"),
-                                                                           np.load(f"{tmp}/dense{n}.npy")))
+                    row["ari_sparse_vs_dense"] = float(adjusted_rand_score(labels("sparse", n), labels("dense", n)))
                     row["speedup"] = row["dense"]["seconds"] / sparse["seconds"]
             if "error" not in sparse:  # labels against the generating identities, for orientation
                 _, truth = synthetic_features(n)
-                row["ari_sparse_vs_truth"] = float(adjusted_rand_score(truth, np.load(f"{tmp}/sparse{n}.npy")))
+                row["ari_sparse_vs_truth"] = float(adjusted_rand_score(truth, labels("sparse", n)))
             rows.append(row)
     return rows
 
@@ -408,25 +503,44 @@ def ratio(a, b) -> str:
 
 
 def print_table(results: dict) -> None:
-    lines = [f"{'measurement':<44} {'ours':>14} {'baseline':>14} {'ratio':>8}", "-" * 83]
+    lines = [f"{'measurement':<50} {'ours':>10} {'baseline':>10} {'ratio':>8}", "-" * 81]
 
     def line(name, ours, base, r, extra=""):
-        lines.append(f"{name:<44} {ours:>14} {base:>14} {r:>8}  {extra}")
+        lines.append(f"{name:<50} {ours:>10} {base:>10} {r:>8}  {extra}")
 
     for row in results.get("pseudo_labels", []):
-        s, d = row["sparse"], row["dense"]
+        s, d, n = row["sparse"], row["dense"], row["n"]
         if "error" in s:
-            line(f"pseudo-labels N={row['n']} time", "error", "", "", s["error"])
+            line(f"pseudo-labels N={n} time", "error", "", "", s["error"])
             continue
         if "seconds" in d:
-            line(f"pseudo-labels N={row['n']} time (s)", f"{s['seconds']:.1f}", f"{d['seconds']:.1f}",
+            line(f"pseudo-labels N={n} time (s) vs dense", f"{s['seconds']:.1f}", f"{d['seconds']:.1f}",
                  ratio(d["seconds"], s["seconds"]), f"ARI vs dense {row['ari_sparse_vs_dense']:.4f}")
-            line(f"pseudo-labels N={row['n']} peak memory (GiB)", f"{s['peak_gib']:.2f}", f"{d['peak_gib']:.2f}",
+            line(f"pseudo-labels N={n} peak memory (GiB)", f"{s['peak_gib']:.2f}", f"{d['peak_gib']:.2f}",
                  ratio(d["peak_gib"], s["peak_gib"]))
         else:
-            line(f"pseudo-labels N={row['n']} time (s)", f"{s['seconds']:.1f}", "not run", "-",
+            line(f"pseudo-labels N={n} time (s)", f"{s['seconds']:.1f}", "not run", "-",
                  d.get("not_run", d.get("error", "")))
-            line(f"pseudo-labels N={row['n']} peak memory (GiB)", f"{s['peak_gib']:.2f}", "-", "-")
+            line(f"pseudo-labels N={n} peak memory (GiB)", f"{s['peak_gib']:.2f}", "-", "-")
+        ref = row.get("reference")
+        if ref and "seconds" in ref:
+            line(f"pseudo-labels N={n} time (s) vs Cluster-Contrast", f"{s['seconds']:.1f}", f"{ref['seconds']:.1f}",
+                 ratio(ref["seconds"], s["seconds"]), f"ARI vs reference {row['ari_sparse_vs_reference']:.4f}")
+        elif ref:
+            line(f"pseudo-labels N={n} vs Cluster-Contrast", "error", "", "", ref.get("error", ""))
+        before = row.get("before")
+        if before and "seconds" in before:
+            line(f"graph part N={n} (s) vs code at {BEFORE_REV}", f"{s['graph_seconds']:.1f}",
+                 f"{before['seconds']:.1f}", ratio(before["seconds"], s["graph_seconds"]),
+                 f"ARI {row['ari_sparse_vs_before']:.4f}, {row['points_differing_from_before']} labels differ")
+        elif before:
+            line(f"graph part N={n} vs code at {BEFORE_REV}", "error", "", "", before.get("error", ""))
+        approx = row.get("approximate")
+        if approx and "seconds" in approx:
+            line(f"pseudo-labels N={n} (s): IVF vs exact kNN", f"{approx['seconds']:.1f}", f"{s['seconds']:.1f}",
+                 ratio(s["seconds"], approx["seconds"]),
+                 f"ARI vs exact {row['ari_approximate_vs_exact']:.4f}; kNN {approx['knn_seconds']:.1f} vs "
+                 f"{s['knn_seconds']:.1f} s")
     ddp = results.get("sharded_knn")
     if ddp and "knn_seconds" in ddp["1"] and "knn_seconds" in ddp["2"]:
         line(f"sharded kNN N={ddp['n']} (s), 2 vs 1 process", f"{ddp['2']['knn_seconds']:.1f}",
@@ -464,9 +578,13 @@ def main() -> None:
     parser.add_argument("--ddp-size", type=int, default=None, help="N for 1 vs 2 processes (default: min(30000, max size))")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", "pseudo,ddp,evaluate,train,extract"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results.json"))
+    parser.add_argument("--reference", default=os.environ.get("BENCH_REFERENCE"),
+                        help="folder with Cluster-Contrast's faiss_rerank.py + faiss_utils.py (env BENCH_REFERENCE)")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global REFERENCE_DIR
+    REFERENCE_DIR = args.reference
     if args.child:
         print(json.dumps(CHILDREN[args.child](**json.loads(args.child_args))))
         return
@@ -480,7 +598,7 @@ def main() -> None:
                                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
                      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if "pseudo" in only:
-        results["pseudo_labels"] = bench_pseudo(sizes)
+        results["pseudo_labels"] = bench_pseudo(sizes, args.reference)
     if "ddp" in only:
         results["sharded_knn"] = bench_ddp(args.ddp_size or min(30_000, max(sizes)))
     if "evaluate" in only:

@@ -387,3 +387,81 @@ def test_knn_rejects_k_larger_than_database_and_nan() -> None:
 
 def test_module_exposes_install_hint() -> None:
     assert "itkm-lightning[faiss]" in clustering.FAISS_INSTALL_HINT
+
+
+# --------------------------------------------------------------------------------------------------
+# Pruned (prefix-filtered) Jaccard path against the all-pairs path
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seed", "max_distance"), [(0, 0.6), (1, 0.3), (2, 0.85), (3, 0.6), (4, 0.05)])
+def test_pruned_jaccard_equals_all_pairs(seed: int, max_distance: float) -> None:
+    rng = np.random.default_rng(seed)
+    features = noisy_clusters(seed, n_centres=int(rng.integers(5, 25)), spread=float(rng.uniform(0.3, 0.9)))
+    features = np.concatenate([features, features[:4]])  # duplicates: overlap 1, distance 0 off the diagonal
+    ranks = knn(features, features, 20, backend="torch")[1]
+    neighbourhoods = clustering._expanded_neighbourhoods(clustering._reciprocal_neighbours(ranks, 20),
+                                                         clustering._reciprocal_neighbours(ranks, 10))
+    weights = clustering._local_query_expansion(clustering._gaussian_weights(neighbourhoods, features), ranks, 6)
+
+    pruned = clustering._pruned_jaccard(weights, max_distance)
+    every = clustering._all_pairs_jaccard(weights, max_distance)
+
+    assert every.nnz > weights.shape[0]  # pairs beyond the diagonal, so the comparison means something
+    for matrix in (pruned, every):
+        matrix.sort_indices()
+    np.testing.assert_array_equal(pruned.indptr, every.indptr)
+    np.testing.assert_array_equal(pruned.indices, every.indices)
+    np.testing.assert_allclose(pruned.data, every.data, atol=1e-6)
+    np.testing.assert_array_equal(pruned.diagonal(), 0)
+
+
+def test_candidate_pairs_hold_every_pair_over_the_threshold() -> None:
+    """The prefix filter may keep extra pairs, never lose one: checked against all overlaps at once."""
+    features = noisy_clusters(21, n_centres=15, spread=0.5)
+    ranks = knn(features, features, 15, backend="torch")[1]
+    neighbourhoods = clustering._expanded_neighbourhoods(clustering._reciprocal_neighbours(ranks, 15),
+                                                         clustering._reciprocal_neighbours(ranks, 8))
+    weights = clustering._local_query_expansion(clustering._gaussian_weights(neighbourhoods, features), ranks, 4)
+    dense = weights.toarray().astype(np.float64)
+    overlaps = np.stack([np.minimum(dense[i], dense).sum(axis=1) for i in range(len(dense))])
+    for threshold in (0.2, 0.5, 0.8):
+        rows, columns = clustering._candidate_pairs(weights, threshold)
+        needed = {(i, j) for i, j in zip(*np.nonzero(overlaps >= threshold)) if i < j}
+        found = set(zip(rows.tolist(), columns.tolist()))
+        assert needed and needed <= found
+        assert len(found) < len(dense) ** 2 / 4  # and it does prune
+
+
+# --------------------------------------------------------------------------------------------------
+# Approximate kNN (optional faiss indexes)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_approximate_knn_finds_the_clear_neighbours(index: str) -> None:
+    pytest.importorskip("faiss")
+    features, truth = blobs_with_isolated_points()
+    features = np.concatenate([features] * 5) + np.float32(1e-3) * np.random.default_rng(0).normal(
+        size=(5 * len(features), features.shape[1])).astype(np.float32)
+    features = normalise(features)
+    truth = np.tile(truth, 5)
+
+    similarities, indices = knn(features, features, 20, index=index, nprobe=4, ef_search=64)
+    _, exact = knn(features, features, 20, backend="torch")
+
+    assert indices.shape == (len(features), 20) and indices.dtype == np.int64 and indices.min() >= 0
+    assert np.all(np.diff(similarities, axis=1) <= 1e-6)
+    blob = truth >= 0  # a blob point's 20 nearest are all in its blob (40 x 5 members): easy for any index
+    np.testing.assert_array_equal(truth[indices[blob]], np.repeat(truth[blob][:, None], 20, axis=1))
+    np.testing.assert_array_equal(truth[exact[blob]], truth[indices[blob]])
+
+
+def test_approximate_index_is_chosen_by_config_and_exact_is_the_default() -> None:
+    from itkm_lightning.config import ClusteringConfig
+
+    assert ClusteringConfig().knn_options()["index"] == "exact"
+    assert ClusteringConfig(knn_index="ivf", knn_nprobe=4).knn_options() == {"index": "ivf", "nprobe": 4,
+                                                                              "ef_search": 128}
+    with pytest.raises(ValueError, match="index must be"):
+        knn(noisy_clusters(17), noisy_clusters(17), 3, index="annoy")

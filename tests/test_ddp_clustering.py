@@ -1,4 +1,4 @@
-"""Two gloo processes on CPU: sharded kNN pseudo-labels equal the single-process ones; the P x K sampler
+"""Two gloo processes on CPU: sharded kNN and Jaccard rows give the single-process pseudo-labels; the P x K sampler
 splits whole identities over the ranks."""
 
 from __future__ import annotations
@@ -91,3 +91,43 @@ def test_two_gloo_processes_label_like_one_and_sample_whole_identities(tmp_path)
         indices = [i for batch in step for i in batch]
         assert len(indices) == len(set(indices))
         assert all(len(o) == 3 for o in owners) and all(len(b) == 6 for b in step)
+
+
+def test_jaccard_rows_shared_over_three_workers_give_the_single_process_matrix():
+    """RowShare with a thread-barrier gather stands in for three DDP ranks: each computes a slice of rows."""
+    import threading
+
+    import scipy.sparse as sp
+
+    from itkm_lightning.clustering import RowShare, jaccard_distance
+
+    features, _ = clustered_features(seed=5)
+    expected = jaccard_distance(features.numpy(), CFG.k1, CFG.k2, max_distance=CFG.eps, backend="torch")
+    world = 3
+    barrier = threading.Barrier(world)
+    slots: list = [None] * world
+    results: list = [None] * world
+
+    def gather_for(rank: int):
+        def gather(array: np.ndarray) -> np.ndarray:
+            slots[rank] = array
+            barrier.wait()
+            joined = np.concatenate(slots)
+            barrier.wait()  # everyone has read the slots before they are reused
+            return joined
+        return gather
+
+    def worker(rank: int) -> None:
+        share = RowShare(rows=query_slice(len(features), rank, world), gather=gather_for(rank))
+        results[rank] = jaccard_distance(features.numpy(), CFG.k1, CFG.k2, max_distance=CFG.eps, backend="torch",
+                                         share=share)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert expected.nnz > 2 * len(features)
+    for matrix in results:
+        assert isinstance(matrix, sp.csr_matrix)
+        assert (matrix != expected).nnz == 0

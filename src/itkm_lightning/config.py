@@ -18,6 +18,15 @@ class ClusteringConfig(BaseModel):
     k1: int = Field(30, ge=1, description="k-reciprocal neighbourhood size")
     k2: int = Field(6, ge=1, description="local query-expansion size, <= k1")
     backend: Literal["auto", "faiss", "torch"] = "auto"
+    knn_index: Literal["exact", "ivf", "hnsw"] = Field(
+        "exact", description="kNN search: exact (default), or an approximate faiss CPU index for CPU-only runs "
+        "(ivf: IVF-Flat; hnsw: HNSW-Flat); labels then differ slightly from the exact ones")
+    knn_nprobe: int = Field(16, ge=1, description="knn_index=ivf: lists searched per query")
+    knn_ef_search: int = Field(128, ge=1, description="knn_index=hnsw: candidates kept per query")
+
+    def knn_options(self) -> dict:
+        """Keywords of ``clustering.knn`` for this search."""
+        return {"index": self.knn_index, "nprobe": self.knn_nprobe, "ef_search": self.knn_ef_search}
 
     @model_validator(mode="after")
     def _k2_not_above_k1(self) -> "ClusteringConfig":

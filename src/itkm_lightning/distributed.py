@@ -50,23 +50,47 @@ def query_slice(num_queries: int, rank: int, world_size: int) -> slice:
 
 
 def sharded_knn(
-    features: torch.Tensor, k: int, *, backend: str = "auto", device: torch.device | str = "cpu"
+    features: torch.Tensor, k: int, *, backend: str = "auto", device: torch.device | str = "cpu",
+    knn_options: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``knn(features, features, k)`` with the queries split over the ranks; every rank gets all rows.
 
     Every rank holds all ``features`` (gathered after extraction) and searches only its slice of the
     queries against all of them, on ``device`` (a GPU rank searches on its GPU); the (similarity, index)
     rows are then gathered in rank order, so the result equals the single-process search. With one
-    process it is exactly ``knn``. All ranks must call it, in the same order.
+    process it is exactly ``knn``. All ranks must call it, in the same order. ``knn_options``: extra
+    keywords of ``knn`` (an approximate index: every rank builds it over all features and searches its
+    slice; the gathered rows are the same on every rank).
     """
     from itkm_lightning.clustering import knn  # clustering imports nothing from here; keeps the layers apart
 
     rank, world_size = rank_and_world_size()
     database = features.to(device)
     mine = query_slice(database.shape[0], rank, world_size)
-    similarities, indices = knn(database[mine], database, k, backend=backend)
+    similarities, indices = knn(database[mine], database, k, backend=backend, **(knn_options or {}))
     if world_size == 1:
         return similarities, indices
     similarities = all_gather_variable(torch.from_numpy(similarities).to(device)).cpu().numpy()
     indices = all_gather_variable(torch.from_numpy(indices).to(device)).cpu().numpy()
     return similarities, indices
+
+
+def gather_array(array: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Concatenate a 1-D numpy array over all ranks in rank order (every rank gets the result)."""
+    if not is_distributed():
+        return array
+    return all_gather_variable(torch.from_numpy(np.ascontiguousarray(array)).to(device)).cpu().numpy()
+
+
+def jaccard_row_share(num_rows: int, device: torch.device | str = "cpu"):
+    """This rank's share of a Jaccard graph's rows (``clustering.RowShare``); None without a process group.
+
+    Every rank computes the candidate pairs and exact overlaps of its contiguous slice of rows; the pairs
+    are gathered, so every rank ends with the whole, identical matrix.
+    """
+    from itkm_lightning.clustering import RowShare  # clustering imports nothing from here
+
+    if not is_distributed():
+        return None
+    rank, world_size = rank_and_world_size()
+    return RowShare(rows=query_slice(num_rows, rank, world_size), gather=lambda array: gather_array(array, device))

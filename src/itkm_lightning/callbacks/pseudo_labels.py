@@ -13,7 +13,7 @@ from torchmetrics.functional.clustering import adjusted_rand_score, normalized_m
 
 from itkm_lightning.clustering import cluster
 from itkm_lightning.config import ClusteringConfig
-from itkm_lightning.distributed import broadcast_tensor, rank_and_world_size, sharded_knn
+from itkm_lightning.distributed import broadcast_tensor, jaccard_row_share, rank_and_world_size, sharded_knn
 
 
 class EmptyClusteringError(RuntimeError):
@@ -88,18 +88,21 @@ def _block_indices(block_of_index: np.ndarray, k1: int) -> list[np.ndarray]:
 
 
 def cluster_blocks(features: np.ndarray, block_of_index: np.ndarray, cfg: ClusteringConfig,
-                   neighbours: list[np.ndarray] | None = None) -> np.ndarray:
+                   neighbours: list[np.ndarray] | None = None, share_rows=None) -> np.ndarray:
     """Cluster each block separately; labels made globally unique (block after block), -1 = outlier.
 
     ``neighbours``: precomputed k1-nearest-neighbour indices of every block (block order, indices local to
-    the block), as :func:`block_neighbours` returns; searched here when None.
+    the block), as :func:`block_neighbours` returns; searched here when None. ``share_rows``: under DDP,
+    ``distributed.jaccard_row_share``-like callable (block size -> this rank's ``RowShare``); every rank
+    must then call with the same arguments.
     """
     labels = np.full(len(features), -1, dtype=np.int64)
     offset = 0
     for b, idx in enumerate(_block_indices(block_of_index, cfg.k1)):
         local = cluster(features[idx], method=cfg.method, eps=cfg.eps, min_samples=cfg.min_samples,
                         k1=cfg.k1, k2=cfg.k2, backend=cfg.backend,
-                        ranks=None if neighbours is None else neighbours[b])
+                        ranks=None if neighbours is None else neighbours[b], knn_options=cfg.knn_options(),
+                        share=None if share_rows is None else share_rows(len(idx)))
         found = local >= 0
         if found.any():
             _, dense = np.unique(local[found], return_inverse=True)
@@ -111,24 +114,25 @@ def cluster_blocks(features: np.ndarray, block_of_index: np.ndarray, cfg: Cluste
 def block_neighbours(features: torch.Tensor, block_of_index: np.ndarray, cfg: ClusteringConfig,
                      device: torch.device | str = "cpu") -> list[np.ndarray]:
     """The k1 nearest neighbours inside every block, the search sharded over the DDP ranks (all ranks call)."""
-    return [sharded_knn(features[torch.from_numpy(idx)], cfg.k1, backend=cfg.backend, device=device)[1]
+    return [sharded_knn(features[torch.from_numpy(idx)], cfg.k1, backend=cfg.backend, device=device,
+                        knn_options=cfg.knn_options())[1]
             for idx in _block_indices(block_of_index, cfg.k1)]
 
 
 def cluster_blocks_distributed(features: torch.Tensor, block_of_index: np.ndarray, cfg: ClusteringConfig,
                                device: torch.device | str = "cpu") -> np.ndarray:
-    """:func:`cluster_blocks` for every rank: kNN sharded over the ranks, graph + DBSCAN on rank 0, broadcast.
+    """:func:`cluster_blocks` for every rank: kNN and the Jaccard graph's rows sharded over the ranks.
 
     Every rank passes the same (gathered) ``features`` and gets the same labels, equal to the
-    single-process ``cluster_blocks``. The kNN search, the O(N^2 d) part, is split over the ranks; the
-    sparse Jaccard graph and DBSCAN (O(N k)) run once, on rank 0, while the others wait in the broadcast
-    (the process-group timeout bounds that wait: README, "Scaling out").
+    single-process ``cluster_blocks``. The kNN search, the O(N^2 d) part, is split over the ranks, and so
+    are the candidate pairs and exact overlaps of the DBSCAN path's Jaccard graph (each rank a slice of
+    rows, the pairs gathered); the O(N k) neighbourhood weights and DBSCAN run on every rank alike, and
+    rank 0's labels are broadcast (HDBSCAN's all-pairs graph is not split: every rank computes it).
     """
     neighbours = block_neighbours(features, block_of_index, cfg, device=device)
-    labels = None
-    if rank_and_world_size()[0] == 0:
-        labels = torch.from_numpy(cluster_blocks(features.numpy(), block_of_index, cfg, neighbours))
-    return broadcast_tensor(labels).numpy()
+    labels = torch.from_numpy(cluster_blocks(features.numpy(), block_of_index, cfg, neighbours,
+                                             lambda n: jaccard_row_share(n, device)))
+    return broadcast_tensor(labels if rank_and_world_size()[0] == 0 else None).numpy()
 
 
 class PseudoLabelCallback(L.Callback):
