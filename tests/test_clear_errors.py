@@ -54,19 +54,18 @@ def test_fit_ckpt_path_to_a_junk_file(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_validate_ckpt_path_to_a_hand_over(tmp_path, trained, capsys):
-    _, handoff = trained
-    line = one_line_error(["validate", *smoke(tmp_path, "--ckpt_path", str(handoff))], capsys)
-    assert f"{handoff} is a stage hand-over, not a Lightning training checkpoint" in line
-    assert "<run_dir>/<stage>/checkpoints/" in line
-
-
-def test_predict_is_not_offered(capsys):
+def test_only_fit_and_the_tools_are_offered(capsys):
+    # validate/test could only run Stage I's module; `itkm evaluate` scores any model (tests/test_evaluate_cli.py).
     line = one_line_error(["predict", "--config", str(REPO / "conf/smoke.yaml")], capsys)
     assert "invalid choice: 'predict'" in line
     help_text = subprocess.run([sys.executable, "-m", "itkm_lightning", "--help"], capture_output=True, text=True,
                                env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}).stdout
-    assert "validate" in help_text and "predict" not in help_text
+    usage = help_text.splitlines()[0]
+    commands = set(usage[usage.index("{") + 1:usage.index("}")].split(","))
+    assert commands == {"fit", "evaluate", "embed", "search", "export", "report", "prepare", "pretrain"}
+    from itkm_lightning.command import TOOLS
+
+    assert commands == {"fit", *TOOLS}  # the help lists what runs
 
 
 # ------------------------------------------------------------------ config files

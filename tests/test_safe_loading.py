@@ -68,17 +68,16 @@ def test_fit_refuses_a_hand_over_holding_code(tmp_path, synthetic_root, capsys):
     assert "hand-over" in err
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate"])
-def test_ckpt_path_holding_code_is_refused(subcommand, tmp_path, synthetic_root, capsys):
+def test_ckpt_path_holding_code_is_refused(tmp_path, synthetic_root, capsys):
     marker = tmp_path / "ran"
     evil = payload_file(tmp_path / "evil.ckpt", marker)
-    stage = ["--stage", "stage1"] if subcommand == "fit" else []
-    refuse([subcommand, *smoke(synthetic_root, tmp_path / "run"), *stage, "--ckpt_path", str(evil)], marker, capsys)
+    refuse(["fit", *smoke(synthetic_root, tmp_path / "run"), "--stage", "stage1", "--ckpt_path", str(evil)], marker,
+           capsys)
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name", ["evil.ckpt", "stage1/handoff.pt"])
-@pytest.mark.parametrize("command", ["embed", "search", "export"])
+@pytest.mark.parametrize("command", ["embed", "search", "export", "evaluate"])
 def test_model_tools_refuse_a_model_file_holding_code(command, name, tmp_path, synthetic_root, capsys):
     marker = tmp_path / "ran"
     evil = payload_file(tmp_path / "run" / name, marker)
@@ -87,6 +86,8 @@ def test_model_tools_refuse_a_model_file_holding_code(command, name, tmp_path, s
         "embed": ["embed", images, "--scenario", "cr", "--model", str(evil), "--out", str(tmp_path / "emb")],
         "search": ["search", images, "--gallery", images, "--scenario", "cr", "--model", str(evil)],
         "export": ["export", str(evil), "--out", str(tmp_path / "encoder.pt")],
+        "evaluate": ["evaluate", "--model", str(evil), "--config", str(REPO / "conf/smoke.yaml"), "--data.root",
+                     str(synthetic_root), "--out", str(tmp_path / "emb")],
     }[command]
     refuse(args, marker, capsys)
     assert not (tmp_path / "emb").exists() and not (tmp_path / "encoder.pt").exists()

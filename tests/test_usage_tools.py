@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from itkm_lightning.cli import main
+
+REPO_CONF_SMOKE = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / "smoke.yaml"
 from itkm_lightning.data import transforms
 from itkm_lightning.tools.features import list_images, load_embeddings
 from itkm_lightning.tools.model_source import load_image_encoder
@@ -184,6 +186,68 @@ def test_search_of_images_without_a_model_names_the_fix(synthetic_root, tmp_path
     with pytest.raises(SystemExit):
         main(["search", str(gallery_dir(synthetic_root)), "--gallery", str(gallery_dir(synthetic_root))])
     assert "pass --model" in capsys.readouterr().err
+
+
+def test_embed_of_a_dataset_split_keeps_pid_camid_clothes(trained, synthetic_root, tmp_path):
+    from itkm_lightning.tools.features import samples_from_config
+
+    run_dir, _ = trained
+    config = tmp_path / "data.yaml"
+    config.write_text(f"data:\n  root: {synthetic_root}\n  sources: [synthetic]\n")
+    for split in ("query", "gallery"):
+        main(["embed", "--config", str(REPO_CONF_SMOKE), "--config", str(config), "--split", split, "--benchmark",
+              "synthetic_cc", "--model", str(run_dir), "--out", str(tmp_path / split)])
+    _, rows = load_embeddings(tmp_path / "query")
+    samples = samples_from_config([REPO_CONF_SMOKE, config], "query", "synthetic_cc")
+    assert list(rows[0]) == ["path", "scenario", "group", "pid", "camid", "clothes"]
+    assert [(r["pid"], r["camid"], r["clothes"]) for r in rows] == [(str(s.pid), str(s.camid), s.clothes)
+                                                                   for s in samples]
+    # Loose images know nothing about identities: no label columns (not a column of -1).
+    loose = embed(run_dir, gallery_dir(synthetic_root), tmp_path / "loose")
+    assert list(load_embeddings(loose)[1][0]) == ["path", "scenario", "group"]
+
+
+@pytest.mark.parametrize("protocol", ["market", "cloth_changing"])
+def test_search_evaluate_scores_two_embed_folders(protocol, trained, synthetic_root, tmp_path, capsys):
+    from itkm_lightning.evaluation import cosine_distance, evaluate_rank, re_ranking, summarize
+
+    test_embed_of_a_dataset_split_keeps_pid_camid_clothes(trained, synthetic_root, tmp_path)
+    (q, q_rows), (g, g_rows) = load_embeddings(tmp_path / "query"), load_embeddings(tmp_path / "gallery")
+    capsys.readouterr()
+    main(["search", str(tmp_path / "query"), "--gallery", str(tmp_path / "gallery"), "--evaluate", "--protocol",
+          protocol, "--format", "json", "--out", str(tmp_path / "s")])
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+
+    def labels(rows, key):
+        return np.array([int(r[key]) if key != "clothes" else r[key] for r in rows])
+
+    clothes = {"q_clothes": labels(q_rows, "clothes"), "g_clothes": labels(g_rows, "clothes")}
+    expected = summarize(evaluate_rank(cosine_distance(q, g), labels(q_rows, "pid"), labels(g_rows, "pid"),
+                                       labels(q_rows, "camid"), labels(g_rows, "camid"), protocol=protocol,
+                                       **(clothes if protocol == "cloth_changing" else {})))
+    assert set(metrics) == {*expected, "protocol"} and metrics["protocol"] == protocol
+    assert all(metrics[k] == pytest.approx(v, abs=1e-6) for k, v in expected.items())
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["metrics"] == metrics
+    main(["search", str(tmp_path / "query"), "--gallery", str(tmp_path / "gallery"), "--evaluate", "--rerank"])
+    assert "evaluation (market protocol, re-ranked): mAP" in capsys.readouterr().out
+    reranked = summarize(evaluate_rank(re_ranking(cosine_distance(q, g), cosine_distance(q, q), cosine_distance(g, g)),
+                                       labels(q_rows, "pid"), labels(g_rows, "pid"), labels(q_rows, "camid"),
+                                       labels(g_rows, "camid")))
+    main(["search", str(tmp_path / "query"), "--gallery", str(tmp_path / "gallery"), "--evaluate", "--rerank",
+          "--format", "json"])
+    got = json.loads(capsys.readouterr().out)["metrics"]
+    assert all(got[k] == pytest.approx(v, abs=1e-6) for k, v in reranked.items())
+
+
+def test_search_evaluate_without_labels_is_one_line(trained, synthetic_root, tmp_path, capsys):
+    run_dir, _ = trained
+    loose = embed(run_dir, gallery_dir(synthetic_root), tmp_path / "loose")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", str(loose), "--gallery", str(loose), "--evaluate"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "index.csv has no pid/camid column; embed the queries from a dataset" in err
 
 
 # ------------------------------------------------------------------ export

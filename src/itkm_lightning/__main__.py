@@ -1,3 +1,3 @@
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 main()

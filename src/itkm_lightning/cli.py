@@ -30,6 +30,13 @@ def one_line_parse_error(message: str) -> str:
             reason = re.sub(r"\. Got value: .*$", "", reason)
             if reason not in reasons:
                 reasons.append(reason)
+    if key is not None and "Union subtypes" in message and "Given value type: <class 'dict'>" in message:
+        # A class_path entry where a short name (str) is also allowed: its own error, not "expected str".
+        errors = str(message).split("Errors:", 1)[-1].split("Given value type:")[0]
+        items = [" ".join(part.split()) for part in re.split(r"\n\s*- ", errors) if part.strip()]
+        items = [item for item in items if not item.startswith("Expected a <class 'str'>")]
+        if items:
+            return f"{key.group(1)}: {items[0]}"
     if key is None:
         unknown = re.fullmatch(r"Option '([^']+)' is not accepted", lines[0]) if lines else None
         if unknown:  # jsonargparse does not say where: an init_args key that the named class does not take
@@ -57,8 +64,8 @@ class ITKMArgumentParser(LightningArgumentParser):
 
 
 class ITKMCLI(LightningCLI):
-    """``itkm fit`` (the three stages and the optional supervised reference, pipeline.py) and ``validate|test``
-    (the Stage I module ``model:``)."""
+    """``itkm fit``: the three stages and the optional supervised reference (pipeline.py). Scoring a trained
+    model is ``itkm evaluate`` (tools/evaluate.py)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         from itkm_lightning.data.datamodule import ReIDDataModule
@@ -112,8 +119,9 @@ class ITKMCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        # predict is left out: no stage has a predict step (`itkm embed` writes features).
-        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+        # fit only: `itkm evaluate` scores a model (any stage, any config) where Lightning's validate/test could
+        # only run Stage I's module, and `itkm embed` writes features (no predict step).
+        return {"fit": LightningCLI.subcommands()["fit"]}
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path`` must be a training checkpoint that loads safely: one line for a junk file, a hand-over or a
@@ -165,7 +173,7 @@ class ITKMCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         self._check_data_sources()
         super().instantiate_classes()
-        if hasattr(self.model, "rerank"):  # fit's Stage I and validate/test score with evaluation.rerank too
+        if hasattr(self.model, "rerank"):  # fit's Stage I scores with evaluation.rerank too
             self.model.rerank = self._evaluation().rerank
 
     def _evaluation(self):
@@ -176,8 +184,7 @@ class ITKMCLI(LightningCLI):
 
     def _check_data_sources(self) -> None:
         """Missing datasets are reported (all of them) before minutes go into loading a backbone."""
-        from itkm_lightning.config_files import source_class
-        from itkm_lightning.data.sources import DatasetSource
+        from itkm_lightning.config_files import source_of
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         data = cfg.get("data")
@@ -185,16 +192,9 @@ class ITKMCLI(LightningCLI):
             return
         root = Path(data.get("root") or "data")
         problems = []
-        for entry in data.get("sources") or []:
-            if isinstance(entry, DatasetSource):
-                source = entry
-            elif entry.get("class_path"):
-                init = entry.get("init_args")
-                source = source_class(entry.class_path)(**(init.as_dict() if hasattr(init, "as_dict") else init or {}))
-            else:
-                continue
+        for entry in [*(data.get("sources") or []), *(data.get("test_sources") or [])]:
             try:
-                source.check(root)
+                source_of(entry).check(root)
             except (FileNotFoundError, NotADirectoryError, ValueError) as err:
                 problems.append(str(err).strip())
         if len(problems) == 1:
@@ -202,20 +202,6 @@ class ITKMCLI(LightningCLI):
         if problems:  # all of them at once: fixing one, rerunning and meeting the next costs a job each time
             raise FileNotFoundError(f"{len(problems)} configured datasets are not usable:\n"
                                     + "\n".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
-
-    def before_validate(self) -> None:
-        self._check_checkpoint_fits("validate")
-
-    def before_test(self) -> None:
-        self._check_checkpoint_fits("test")
-
-    def _check_checkpoint_fits(self, subcommand: str) -> None:
-        """A checkpoint of another stage or backbone: one line, not a shape traceback from Lightning."""
-        from itkm_lightning.checkpoints import check_resumable
-
-        path = self.config[subcommand].get("ckpt_path")
-        if path:
-            check_resumable(path, self.model)
 
     @property
     def run_dir(self) -> Path:
@@ -243,7 +229,10 @@ class ITKMCLI(LightningCLI):
         plugins = list(trainer_cfg.get("plugins") or [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, *ours["plugins"]]
-        if trainer_cfg.get("enable_progress_bar", True) is not False and not any(
+        if not sys.stdout.isatty() and trainer_cfg.get("enable_progress_bar") is None:
+            # A log file (SLURM): a progress bar writes a line per refresh. Set trainer.enable_progress_bar to decide.
+            kwargs["enable_progress_bar"] = False
+        elif trainer_cfg.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, RichProgressBar) for c in callbacks
         ):
             callbacks.append(RichProgressBar())
@@ -324,6 +313,9 @@ class ConfigOnlyCLI(ITKMCLI):
     def before_instantiate_classes(self) -> None:
         self._expand_data_root(self.config)
 
+    def _set_seed(self) -> None:
+        pass  # reading a config seeds nothing (and says nothing about seeds)
+
     def instantiate_classes(self) -> None:
         pass
 
@@ -370,27 +362,16 @@ def _error_line(err: BaseException) -> str:
     return "\n  ".join(lines)
 
 
-TOOLS = {
-    # subcommand -> "module:function(argv)"; tools that are not a Trainer method get their own parser.
-    "pretrain": "itkm_lightning.pretrain.cli:main",
-    "prepare": "itkm_lightning.prepare:main",
-    "embed": "itkm_lightning.tools.embed:main",
-    "search": "itkm_lightning.tools.search:main",
-    "export": "itkm_lightning.tools.export:main",
-    "report": "itkm_lightning.tools.report:main",
-}
-
-
-def _run_tool(name: str, argv: list[str]) -> None:
-    import importlib
-
-    module, func = TOOLS[name].split(":")
-    getattr(importlib.import_module(module), func)(argv)
+from itkm_lightning.command import TOOLS, run_tool as _run_tool  # noqa: E402  (the light entry point's list)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``itkm`` console script and ``python -m itkm_lightning``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):  # the same overview as the light entry point (command.py)
+        from itkm_lightning.command import main as light_main
+
+        return light_main(argv)
     if argv and argv[0] in TOOLS:
         try:
             check_config_files(argv)

@@ -82,3 +82,20 @@ def source_class(class_path: str) -> type:
         raise ValueError(f"data.sources: class_path {class_path!r} is not a dataset source (a subclass of "
                          "itkm_lightning.data.sources.DatasetSource); see data/README.md for the dataset classes")
     return found
+
+
+def source_of(entry) -> object:
+    """A ``data.sources`` entry as a dataset source: an instance, a short name (``sysu``, data/names.py) or a
+    ``class_path`` (+ ``init_args``) mapping or Namespace."""
+    from itkm_lightning.data.names import class_path_of
+    from itkm_lightning.data.sources import DatasetSource
+
+    if isinstance(entry, DatasetSource):
+        return entry
+    if isinstance(entry, str):
+        return source_class(class_path_of(entry))()
+    get = entry.get
+    if not get("class_path"):
+        raise ValueError(f"data.sources: {entry!r} is neither a dataset short name nor a class_path entry")
+    init = get("init_args")
+    return source_class(get("class_path"))(**(init.as_dict() if hasattr(init, "as_dict") else dict(init or {})))

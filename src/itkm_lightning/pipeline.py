@@ -263,11 +263,18 @@ class Pipeline:
         if trainer.interrupted:
             rank_zero_info(f"{name} was interrupted; run the same command again to resume it from its last checkpoint")
             return False
-        if module.evaluates_images:
+        if module.evaluates_images and not self._nothing_to_score():
             with timings.part(f"eval_{name}"):
                 if getattr(module, "benchmark_results_step", -1) != trainer.global_step or trainer.global_step == 0:
                     trainer.validate(module, datamodule=self.datamodule, verbose=False)  # the last epoch did not
             self.results.record(name, module.benchmark_results, write=trainer.is_global_zero)
+        elif module.evaluates_images and self._pseudo_label_history(trainer):
+            # Nothing to score (own footage without labels): what the last clustering found instead.
+            last = self._pseudo_label_history(trainer)[-1]
+            self.results.record_raw(f"{name}_pseudo_labels", last, write=trainer.is_global_zero)
+            rank_zero_info(f"{name}: no labelled benchmark to score; pseudo-labels at epoch {last['epoch']}: "
+                           + "; ".join(f"{b}: {v['num_clusters']} clusters, {v['num_outliers']} outliers"
+                                       for b, v in last["blocks"].items()))
         for key, payload in (getattr(module, "extra_results", lambda: {})() or {}).items():
             self.results.record_raw(key, payload, write=trainer.is_global_zero)
         with timings.part(f"handoff_{name}"):
@@ -279,6 +286,20 @@ class Pipeline:
             self.final_module, self.final_trainer = module, trainer
         rank_zero_info(f"{name} finished: hand-over written to {handoff_path(self.run_dir, name)}")
         return True
+
+    def _nothing_to_score(self) -> bool:
+        """The data has no benchmark with query and gallery images (ReIDDataModule.nothing_to_score)."""
+        check = getattr(self.datamodule, "nothing_to_score", None)
+        return bool(check()) if callable(check) else False
+
+    @staticmethod
+    def _pseudo_label_history(trainer) -> list[dict]:
+        """The pseudo-label callback's per-clustering statistics (callbacks/pseudo_labels.py), [] without one."""
+        for callback in getattr(trainer, "callbacks", []):
+            history = getattr(callback, "history", None)
+            if isinstance(history, list) and history:
+                return history
+        return []
 
     def _predecessor_handoffs(self, name: str) -> dict[str, dict]:
         """Hand-overs of the finished stages before ``name``: from this process when it made them, else from disk."""
@@ -295,6 +316,8 @@ class Pipeline:
         from itkm_lightning.baselines import raw_pixel_results
 
         write = trainer.is_global_zero
+        if self._nothing_to_score():
+            return  # own footage without labels: no baseline to score (fit reports pseudo-label statistics)
         if module.evaluates_images and "untrained" not in self.results:
             with timings.part("eval_untrained"):
                 trainer.validate(module, datamodule=self.datamodule, verbose=False)

@@ -60,6 +60,20 @@ def block_quality(labels: np.ndarray, identities: list[str]) -> dict[str, float]
     }
 
 
+def cluster_statistics(labels: np.ndarray) -> dict[str, float]:
+    """What clustering found in a block without ground truth: clusters, outliers, cluster sizes."""
+    kept = labels[labels >= 0]
+    sizes = np.bincount(kept) if len(kept) else np.zeros(0, dtype=np.int64)
+    sizes = sizes[sizes > 0]
+    return {
+        "num_clusters": int(len(sizes)),
+        "num_outliers": int((labels < 0).sum()),
+        "outlier_fraction": float((labels < 0).mean()) if len(labels) else 0.0,
+        "mean_cluster_size": float(sizes.mean()) if len(sizes) else 0.0,
+        "max_cluster_size": int(sizes.max()) if len(sizes) else 0,
+    }
+
+
 def _block_indices(block_of_index: np.ndarray, k1: int) -> list[np.ndarray]:
     """Sample indices of every block, checked to hold more than k1 images (raised on every rank alike)."""
     blocks = [np.flatnonzero(block_of_index == block) for block in np.unique(block_of_index)]
@@ -173,7 +187,8 @@ class PseudoLabelCallback(L.Callback):
         rank_zero_info(
             f"pseudo-labels ({when}): extracted {len(features)} features in {extracted:.1f}s, "
             f"clustered in {time.perf_counter() - start - extracted:.1f}s; "
-            + "; ".join(f"{k}: {v['num_clusters']} clusters, {v['num_outliers']} outliers, ARI {v['ari']:.2f}"
+            + "; ".join(f"{k}: {v['num_clusters']} clusters, {v['num_outliers']} outliers"
+                        + (f", ARI {v['ari']:.2f}" if "ari" in v else f", mean size {v['mean_cluster_size']:.1f}")
                         for k, v in stats.items())
         )
         names = list(stats)
@@ -242,7 +257,10 @@ class PseudoLabelCallback(L.Callback):
         for b, (scenario, group) in enumerate(dm.blocks):
             idx = np.flatnonzero(block_of_index == b)
             ids = [dm.train_samples[i].identity for i in idx]
-            stats[f"{scenario}-g{group}"] = block_quality(labels[idx], ids)
+            if all(dm.train_samples[i].pid >= 0 for i in idx):
+                stats[f"{scenario}-g{group}"] = block_quality(labels[idx], ids)
+            else:  # own footage without labels: no ARI/NMI, only what clustering found
+                stats[f"{scenario}-g{group}"] = cluster_statistics(labels[idx])
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "blocks": stats})
         if trainer.is_global_zero:
             flat = {f"pseudo/{name}/{k}": v for name, s in stats.items() for k, v in s.items()}

@@ -32,7 +32,10 @@ class ReIDDataModule(L.LightningDataModule):
     from the true identities (``callbacks/ground_truth.py``), explicitly and under that name.
 
     Args:
-        sources: datasets to merge (``class_path`` entries).
+        sources: datasets to train on: ``class_path`` entries or short names (``sysu``, ``ltcc``, ``mlr_cuhk03``;
+            data/names.py); their benchmarks are scored unless ``test_sources`` is set.
+        test_sources: datasets to score instead (train on one dataset, test on another, as torchreid's ``-s/-t``);
+            unset: the benchmarks of ``sources``.
         root: folder holding the datasets (generated data goes below it too).
         image_size: network input (H, W).
         num_clusters_per_batch: P, pseudo-identities per batch and rank.
@@ -58,7 +61,7 @@ class ReIDDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        sources: list[DatasetSource],
+        sources: list[DatasetSource | str],
         root: str = "data",
         image_size: tuple[int, int] = (256, 128),
         num_clusters_per_batch: int = 16,
@@ -75,6 +78,7 @@ class ReIDDataModule(L.LightningDataModule):
         clothes_mask_format: Literal["binary", "parsing"] = "binary",
         seed: int = 0,
         on_unreadable: Literal["fail", "skip"] = "fail",
+        test_sources: list[DatasetSource | str] | None = None,
     ) -> None:
         super().__init__()
         if not sources:
@@ -91,7 +95,10 @@ class ReIDDataModule(L.LightningDataModule):
             raise ValueError(f"data.num_workers must be >= 0; got {num_workers}")
         if any(s < 16 for s in image_size):
             raise ValueError(f"data.image_size must be at least 16x16; got {image_size}")
-        self.sources = sources
+        from itkm_lightning.config_files import source_of
+
+        self.sources = [source_of(s) for s in sources]
+        self.test_sources = None if test_sources is None else [source_of(s) for s in test_sources]
         self.root = Path(root)
         self.image_size = tuple(image_size)
         self.num_clusters_per_batch = num_clusters_per_batch
@@ -113,24 +120,36 @@ class ReIDDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- set-up
     def prepare_data(self) -> None:
-        for source in self.sources:
+        for source in [*self.sources, *(self.test_sources or [])]:
             source.prepare(self.root)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.benchmarks:
-            return
+    def _load(self, sources: list[DatasetSource]) -> list[BenchmarkSplit]:
         benchmarks: list[BenchmarkSplit] = []
-        for source in self.sources:
+        for source in sources:
             benchmarks.extend(source.load(self.root))
         names = [b.name for b in benchmarks]
         if len(set(names)) != len(names):
             raise ValueError(f"two sources produce benchmarks with the same name: {names}")
         if self.on_unreadable == "skip":
             benchmarks = self._without_unreadable(benchmarks)
-        self.benchmarks = benchmarks
-        self.train_samples = self._merge_training_samples(benchmarks)
+        return benchmarks
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_samples:
+            return
+        trained_on = self._load(self.sources)
+        tested_on = trained_on if self.test_sources is None else self._load(self.test_sources)
+        # A source without query/gallery (own footage without labels) trains but has nothing to score.
+        self.benchmarks = [b for b in tested_on if b.query and b.gallery]
+        self.train_samples = self._merge_training_samples(trained_on)
         if not self.train_samples:
             raise ValueError("the configured sources have no training images")
+
+    def nothing_to_score(self) -> bool:
+        """No benchmark has query and gallery images (own footage without a labels file): fit reports
+        pseudo-label statistics instead of mAP."""
+        self.setup("validate")
+        return not self.benchmarks
 
     def _without_unreadable(self, benchmarks: list[BenchmarkSplit]) -> list[BenchmarkSplit]:
         """``on_unreadable=skip``: drop images that do not decode, reporting the count once."""

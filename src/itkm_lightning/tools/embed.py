@@ -7,16 +7,9 @@ import time
 from pathlib import Path
 
 from itkm_lightning.data.schema import SCENARIOS, Sample
-from itkm_lightning.tools.features import (
-    embed_samples,
-    encoder_features,
-    list_images,
-    resolve_device,
-    samples_from_config,
-    save_embeddings,
-    tag_images,
-)
-from itkm_lightning.tools.model_source import load_image_encoder
+
+# The model-side imports (torch models, transformers) happen inside the functions that need them: `itkm search`
+# builds its parser from this module and must start without them.
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +33,8 @@ def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tagged_samples(images: list[str], scenario: str | None, group: int) -> list[Sample]:
+    from itkm_lightning.tools.features import list_images, tag_images
+
     if scenario is None:
         raise ValueError("untagged images need --scenario (vi, cr or cc; --group defaults to 0), "
                          "or use --config with --split to read the tags from a dataset")
@@ -90,14 +85,16 @@ def main(argv: list[str]) -> None:
         parser.error(f"{' '.join(overrides)}: dotted overrides (as for `itkm fit`) need --config")
     if bool(args.images) == bool(args.config):
         raise ValueError("give either image files/folders or --config (with --split), not both and not neither")
+    from itkm_lightning.extractor import FeatureExtractor
+    from itkm_lightning.tools.features import samples_from_config, save_embeddings
+
     samples = (samples_from_config(args.config, args.split, args.benchmark, overrides) if args.config
                else tagged_samples(args.images, args.scenario, args.group))
-    device = resolve_device(args.device)
-    encoder, backbone = load_image_encoder(args.model)
-    encoder.to(device)
+    extractor = FeatureExtractor(args.model, device=args.device, feature=args.feature, flip=args.flip,
+                                 batch_size=args.batch_size, num_workers=args.num_workers)
     start = time.perf_counter()
-    features = embed_samples(encoder_features(encoder, args.feature, args.flip), samples, backbone.image_size,
-                             device=device, batch_size=args.batch_size, num_workers=args.num_workers)
+    features = extractor.embed_samples(samples)
+    device = extractor.device
     out = save_embeddings(args.out, features.numpy(), samples)
     print(f"embedded {len(samples)} images ({features.shape[1]}-d, {time.perf_counter() - start:.1f}s on {device}) "
           f"-> {Path(out) / 'features.npy'}, {Path(out) / 'index.csv'}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,8 +17,14 @@ from itkm_lightning.data.transforms import test_transform
 from itkm_lightning.models.clip import CLIPImageEncoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-FEATURES_FILE = "features.npy"
-INDEX_FILE = "index.csv"  # one row per feature row: path, scenario, group
+# The folder format lives in embedding_files.py (light imports for `itkm search`); re-exported here.
+from itkm_lightning.tools.embedding_files import (  # noqa: E402,F401
+    FEATURES_FILE,
+    INDEX_FILE,
+    is_embedding_dir,
+    load_embeddings,
+    save_embeddings,
+)
 
 Encode = Callable[[dict], torch.Tensor]
 
@@ -59,7 +63,7 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
     ``train``; ``benchmark`` picks one by name.
     """
     from itkm_lightning.cli import parse_fit_config
-    from itkm_lightning.config_files import source_class
+    from itkm_lightning.config_files import source_of
 
     for config in configs:
         if not Path(config).expanduser().is_file():
@@ -69,10 +73,10 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
         raise ValueError(f"{', '.join(map(str, configs))}: no data.sources to read images from")
     root = Path(data.get("root") or "data")
     benchmarks = []
-    for entry in data.sources:
-        init = entry.get("init_args")
-        source = source_class(entry.class_path)(**(init.as_dict() if hasattr(init, "as_dict") else init or {}))
-        benchmarks.extend(source.load(root))
+    # The test split is what the config evaluates (data.test_sources when set), the train split what it trains on.
+    entries = data.get("test_sources") if split != "train" and data.get("test_sources") else data.sources
+    for entry in entries:
+        benchmarks.extend(source_of(entry).load(root))
     if benchmark is not None:
         names = [b.name for b in benchmarks]
         benchmarks = [b for b in benchmarks if b.name == benchmark]
@@ -81,7 +85,11 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
     parts = {"query": ("query",), "gallery": ("gallery",), "test": ("query", "gallery"), "train": ("train",)}
     if split not in parts:
         raise ValueError(f"split must be one of {list(parts)}, got {split!r}")
-    return [s for b in benchmarks for part in parts[split] for s in getattr(b, part)]
+    samples = [s for b in benchmarks for part in parts[split] for s in getattr(b, part)]
+    if not samples:  # e.g. --split test of own footage without a labels file
+        raise ValueError(f"the config's {split} split holds no images ({', '.join(b.name for b in benchmarks)}); "
+                         "try --split train")
+    return samples
 
 
 def encoder_features(encoder: CLIPImageEncoder, feature: str = "f", flip: bool = False) -> Encode:
@@ -126,6 +134,13 @@ def embed_samples(
     return torch.cat(chunks)
 
 
+def progress_enabled() -> bool:
+    """Progress bars only on a terminal: in a SLURM log they are thousands of carriage-return lines."""
+    import sys
+
+    return sys.stdout.isatty()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -133,44 +148,3 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
     return device
-
-
-# ---------------------------------------------------------------- the embedding folder format
-def save_embeddings(out_dir: str | Path, features: np.ndarray, samples: Sequence[Sample]) -> Path:
-    """``features.npy`` (N, D) float32 and ``index.csv`` (path, scenario, group per row), written atomically."""
-    from itkm_lightning.fileio import atomic_write_text
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{FEATURES_FILE}.tmp.npy"
-    np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
-    tmp.replace(out_dir / FEATURES_FILE)
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["path", "scenario", "group"])
-    writer.writerows([s.path, s.scenario, s.group] for s in samples)
-    atomic_write_text(out_dir / INDEX_FILE, table.getvalue())
-    return out_dir
-
-
-def is_embedding_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / FEATURES_FILE).is_file() and (path / INDEX_FILE).is_file()
-
-
-def load_embeddings(folder: str | Path) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """What ``save_embeddings`` wrote: features and the index rows (dicts with path, scenario, group)."""
-    folder = Path(folder)
-    if not is_embedding_dir(folder):
-        raise FileNotFoundError(f"{folder} has no {FEATURES_FILE} + {INDEX_FILE}; create it with `itkm embed`")
-    try:
-        features = np.load(folder / FEATURES_FILE, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:  # truncated, or not a plain array
-        raise ValueError(f"{folder / FEATURES_FILE} cannot be read ({str(err).strip().splitlines()[0]}); "
-                         f"embed the folder again with `itkm embed`") from None
-    with (folder / INDEX_FILE).open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if features.ndim != 2 or len(rows) != len(features):
-        raise ValueError(f"{folder}: {FEATURES_FILE} has shape {features.shape} but {INDEX_FILE} has {len(rows)} "
-                         "rows; embed the folder again")
-    return features.astype(np.float32, copy=False), rows

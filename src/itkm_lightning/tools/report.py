@@ -11,7 +11,8 @@ from pathlib import Path
 
 from itkm_lightning.fileio import atomic_write_text
 from itkm_lightning.results import METRICS, STAGE_ORDER
-from itkm_lightning.tools.run_figures import FIGURES_DIR
+
+FIGURES_DIR = "figures"  # tools/run_figures.py writes there (not imported: it needs torch)
 
 CAPTIONS = {
     "ranked": "Ranked lists: each row is a query (blue) and its top-10 gallery images; green = same identity, "

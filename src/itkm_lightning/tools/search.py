@@ -10,10 +10,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from itkm_lightning.fileio import atomic_write_json
-from itkm_lightning.tools.features import FEATURES_FILE, is_embedding_dir, load_embeddings
+from itkm_lightning.tools.embedding_files import FEATURES_FILE, is_embedding_dir, load_embeddings
 
 INDEX_NAME = "faiss.index"
 
@@ -74,6 +73,8 @@ class GalleryIndex:
         k = min(k, len(self.gallery))
         if self.backend == "faiss":
             return self.index.search(queries, k)
+        import torch  # here: `itkm search` on features with faiss needs no torch
+
         scores = torch.from_numpy(queries) @ torch.from_numpy(self.gallery).T
         top = scores.topk(k, dim=1)
         return top.values.numpy(), top.indices.numpy()
@@ -126,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("table", "json"), default="table", help="what to print")
     parser.add_argument("--out", help="folder for results.json and grid.png")
     parser.add_argument("--grid_rows", type=int, default=8, help="queries shown in grid.png")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="also score the ranking (mAP, CMC, mINP): queries and gallery must be `itkm embed` "
+                             "folders whose index.csv has pid and camid (embedded with --config)")
+    parser.add_argument("--protocol", default="market",
+                        help="with --evaluate: the protocol of evaluation.py (market, sysu, llcm, regdb, "
+                             "cloth_changing, same_clothes); default market")
+    parser.add_argument("--rerank", action="store_true",
+                        help="with --evaluate: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring")
     add_model_arguments(parser)
     parser.set_defaults(model=None)
     for action in parser._actions:  # --model is needed only when images must be embedded
@@ -148,12 +157,9 @@ def _features_of(inputs: list[str], args, role: str, open_model) -> tuple[np.nda
         raise ValueError(f"the {role} is not an `itkm embed` folder ({FEATURES_FILE} + index.csv), so it must be "
                          "embedded: pass --model (run directory or checkpoint) and --scenario")
     from itkm_lightning.tools.embed import tagged_samples
-    from itkm_lightning.tools.features import embed_samples, encoder_features
 
     samples = tagged_samples(inputs, args.scenario, args.group)
-    encoder, backbone, device = open_model()
-    features = embed_samples(encoder_features(encoder, args.feature, args.flip), samples, backbone.image_size,
-                             device=device, batch_size=args.batch_size, num_workers=args.num_workers)
+    features = open_model().embed_samples(samples)
     return features.numpy(), [s.path for s in samples], None
 
 
@@ -193,6 +199,49 @@ def _common_folder(paths: list[str]) -> str:
     return os.path.commonpath(folders) if folders else "."
 
 
+def _labels(folder: str, role: str, protocol: str) -> dict[str, np.ndarray]:
+    if not is_embedding_dir(folder):
+        raise ValueError(f"--evaluate needs `itkm embed` folders; the {role} {folder} is not one")
+    _, rows = load_embeddings(folder)
+    needed = ["pid", "camid"] + (["clothes"] if protocol in ("cloth_changing", "same_clothes") else [])
+    missing = [c for c in needed if not rows or c not in rows[0]]
+    if missing:
+        raise ValueError(f"--evaluate: {Path(folder) / 'index.csv'} has no {'/'.join(missing)} column; embed the "
+                         f"{role} from a dataset (`itkm embed --config ... --split query|gallery`), which records them")
+    labels = {"pid": np.array([int(r["pid"]) for r in rows]), "camid": np.array([int(r["camid"]) for r in rows])}
+    if "clothes" in needed:
+        labels["clothes"] = np.array([r["clothes"] for r in rows])
+    return labels
+
+
+def evaluate_folders(args, queries: np.ndarray, gallery: np.ndarray) -> dict:
+    """mAP / R1 / R5 / R10 / mINP of the full query x gallery ranking (evaluation.evaluate_rank), fractions."""
+    from itkm_lightning.evaluation import PROTOCOLS, cosine_distance, evaluate_rank, summarize
+
+    if args.protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {list(PROTOCOLS)}, got {args.protocol!r}")
+    if len(args.queries) != 1:
+        raise ValueError("--evaluate takes one `itkm embed` folder of queries")
+    q, g = _labels(args.queries[0], "queries", args.protocol), _labels(args.gallery, "gallery", args.protocol)
+    distmat = cosine_distance(queries, gallery)
+    if args.rerank:
+        from itkm_lightning.evaluation import re_ranking
+
+        distmat = re_ranking(distmat, cosine_distance(queries, queries), cosine_distance(gallery, gallery))
+    clothes = {"q_clothes": q["clothes"], "g_clothes": g["clothes"]} if "clothes" in q else {}
+    metrics: dict = summarize(evaluate_rank(distmat, q["pid"], g["pid"], q["camid"], g["camid"],
+                                            protocol=args.protocol, **clothes))
+    metrics["protocol"] = args.protocol
+    if args.rerank:
+        metrics["rerank"] = {"k1": 20, "k2": 6, "lambda": 0.3}
+    return metrics
+
+
+def metrics_line(metrics: dict) -> str:
+    numbers = ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items() if isinstance(v, float))
+    return f"evaluation ({metrics['protocol']} protocol{', re-ranked' if 'rerank' in metrics else ''}): {numbers}"
+
+
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if args.topk < 1:
@@ -200,28 +249,34 @@ def main(argv: list[str]) -> None:
 
     @functools.cache
     def open_model():  # loaded once, and only when images must be embedded
-        from itkm_lightning.tools.features import resolve_device
-        from itkm_lightning.tools.model_source import load_image_encoder
+        from itkm_lightning.extractor import FeatureExtractor
 
-        device = resolve_device(args.device)
-        encoder, backbone = load_image_encoder(args.model)
-        return encoder.to(device), backbone, device
+        return FeatureExtractor(args.model, device=args.device, feature=args.feature, flip=args.flip,
+                                batch_size=args.batch_size, num_workers=args.num_workers)
 
     gallery, gallery_paths, gallery_dir = _features_of([args.gallery], args, "gallery", open_model)
     queries, query_paths, _ = _features_of(args.queries, args, "query", open_model)
     index = (GalleryIndex.for_embedding_dir(gallery_dir, gallery, args.backend) if gallery_dir is not None
              else GalleryIndex(gallery, args.backend))
+    metrics = None
+    if args.evaluate:  # checked before the search so that a folder without labels costs nothing
+        metrics = evaluate_folders(args, queries, gallery)
     scores, indices = index.search(queries, args.topk)
     results = search_results(query_paths, gallery_paths, scores, indices)
     if args.format == "json":
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results if metrics is None else {"metrics": metrics, "results": results}, indent=2))
     else:
         print_table(results)
+        if metrics is not None:
+            print(metrics_line(metrics))
     if args.out:
         from itkm_lightning.tools.figures import ranked_list_grid
 
         out = Path(args.out)
-        atomic_write_json(out / "results.json", {"backend": index.backend, "topk": args.topk, "results": results})
+        payload = {"backend": index.backend, "topk": args.topk, "results": results}
+        if metrics is not None:
+            payload["metrics"] = metrics
+        atomic_write_json(out / "results.json", payload)
         rows = [(r["query"], [(m["path"], m["score"], None) for m in r["matches"]]) for r in results[:args.grid_rows]]
         ranked_list_grid(rows, out / "grid.png", title=f"top-{args.topk} of {len(gallery_paths)} gallery images")
         if args.format == "table":

@@ -13,9 +13,10 @@ from itkm_lightning.data.datasets.cross_resolution import (
     MLRMarket1501,
     MLRVIPeR,
 )
+from itkm_lightning.data.datasets.own import ImageFolder
 from itkm_lightning.data.datasets.visible_infrared import LLCM, SYSUMM01, RegDB, sysu_gallery
 
 __all__ = [
-    "CUHK01", "CUHK03Release", "LLCM", "LTCC", "MLRCUHK03", "MLRMarket1501", "MLRVIPeR", "Market1501", "PRCC",
+    "CUHK01", "CUHK03Release", "ImageFolder", "LLCM", "LTCC", "MLRCUHK03", "MLRMarket1501", "MLRVIPeR", "Market1501", "PRCC",
     "SYSUMM01", "CelebReID", "RegDB", "VCClothes", "sysu_gallery",
 ]

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from itkm_lightning.data.datasets.common import (
@@ -36,6 +35,14 @@ from itkm_lightning.data.datasets.common import (
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
 from itkm_lightning.evaluation import SINGLE_GALLERY_SHOT_DRAWS
 from itkm_lightning.data.sources import DatasetSource
+
+
+def rank_zero_info(message: str) -> None:
+    # Lightning on first use: `itkm search` and `itkm --help` import this module and must start without it.
+    from lightning.pytorch.utilities import rank_zero_info as info
+
+    info(message)
+
 
 SCENARIO = "cr"
 HIGH_RES, LOW_RES = 0, 1

@@ -1,0 +1,78 @@
+"""The ``itkm`` entry point: ``itkm --help`` and the tools start without Lightning or transformers (cli.py has them).
+
+Importing Lightning and transformers costs seconds; ``itkm --help``, ``itkm report`` and ``itkm search`` on
+``itkm embed`` folders need neither, so only ``itkm fit`` (and the tools that run a model) import them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TOOLS = {
+    # subcommand -> "module:function(argv)"; tools that are not a Trainer method get their own parser.
+    "evaluate": "itkm_lightning.tools.evaluate:main",
+    "pretrain": "itkm_lightning.pretrain.cli:main",
+    "prepare": "itkm_lightning.prepare:main",
+    "embed": "itkm_lightning.tools.embed:main",
+    "search": "itkm_lightning.tools.search:main",
+    "export": "itkm_lightning.tools.export:main",
+    "report": "itkm_lightning.tools.report:main",
+}
+
+HELP = """usage: itkm [-h] {fit,evaluate,embed,search,export,report,prepare,pretrain} ...
+
+itkm-lightning: unsupervised multi-scenario person re-identification (ITKM).
+
+commands (each takes --help):
+  fit        train: baselines, Stage I, II, III (and the optional supervised reference) into a run directory
+             (--config FILE ..., dotted overrides such as --data.root /datasets, --print_config)
+  evaluate   score a trained model (run dir, .ckpt or handoff.pt) on the benchmarks of a data config, no training
+             (--rerank: k-reciprocal re-ranking; data.test_sources: test on other datasets than trained on)
+  embed      features of images or of a config's split -> OUT/features.npy + OUT/index.csv
+  search     top-k gallery images per query (`itkm embed` folders or images); --evaluate scores mAP/CMC
+  export     the image encoder as TorchScript / ONNX
+  report     one HTML page of a run's results and figures
+  prepare    build derived datasets (e.g. `itkm prepare mlr ...`)
+  pretrain   the demo's tiny CLIP
+
+Python: `from itkm_lightning import FeatureExtractor` (README, "Python API").
+"""
+
+
+def run_tool(name: str, argv: list[str]) -> None:
+    import importlib
+
+    module, func = TOOLS[name].split(":")
+    getattr(importlib.import_module(module), func)(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``itkm`` console script and ``python -m itkm_lightning``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(HELP)
+        if not argv:
+            raise SystemExit(2)  # no command is a usage error, as argparse has it
+        return
+    if argv[0] in TOOLS:
+        from itkm_lightning.config_files import check_config_files
+
+        try:
+            check_config_files(argv)
+            run_tool(argv[0], argv[1:])
+        except Exception as err:
+            from itkm_lightning.cli import _error_line, _known_errors  # only now: it imports Lightning
+
+            if os.environ.get("ITKM_DEBUG") or not isinstance(err, _known_errors()):
+                raise
+            sys.stderr.write(f"itkm {argv[0]}: error: {_error_line(err)}\n  (set ITKM_DEBUG=1 for the full traceback)\n")
+            raise SystemExit(2) from None
+        return
+    from itkm_lightning.cli import main as lightning_main
+
+    lightning_main(argv)
+
+
+if __name__ == "__main__":
+    main()
