@@ -35,7 +35,7 @@ from itkm_lightning.data import synthetic_render as render
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
 from itkm_lightning.pretrain.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
 
-CORPUS_VERSION = "6"
+CORPUS_VERSION = "7"
 """Bump when the pictures or captions change for the same spec, so cached corpora are not reused."""
 
 CORPUS_STREAM_SALT = 0x50524554  # "PRET": keeps every corpus stream apart from the benchmark's
