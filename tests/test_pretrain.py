@@ -28,9 +28,11 @@ from itkm_lightning.models.clip import (
 )
 from itkm_lightning.pretrain import cli
 from itkm_lightning.pretrain.captions import (
+    BROAD_BUILD_ABOVE,
     COLOUR_WORDS,
     CONDITIONS,
     PATTERN_WORDS,
+    SLIM_BUILD_BELOW,
     caption_words,
     make_captions,
     visibility,
@@ -126,7 +128,26 @@ def test_captions_are_coarse_and_varied():
     fine_words = {"pale", "medium", "tan", "light", "auburn", "tall", "small", "skin", "shoes", "round", "oval"}
     assert not vocabulary & fine_words
     assert {"navy", "red", "striped", "checked", "backpack", "skirt", "trousers", "blonde", "dark"} <= vocabulary
-    assert len(vocabulary) < 60
+    assert len(vocabulary) < 64
+
+
+def test_build_is_named_only_at_its_extremes_and_in_every_condition():
+    """A build survives infrared, low resolution and a change of clothes, so every condition may name it;
+    only clearly slim or broad people are described, and always truly."""
+    named = {"infrared": 0, "lowres": 0, "visible": 0}
+    for identity, outfit, rng in random_people(300, seed=5):
+        for condition in CONDITIONS:
+            seen = visibility(condition, identity, outfit, 128, 1.0 if condition != "lowres" else 3.0)
+            for caption in make_captions(identity, outfit, seen, rng, 4):
+                words = caption_words(caption)
+                if "slim" in words:
+                    assert identity.width < SLIM_BUILD_BELOW, caption
+                if "broad" in words:
+                    assert identity.width > BROAD_BUILD_ABOVE, caption
+                if SLIM_BUILD_BELOW <= identity.width <= BROAD_BUILD_ABOVE:
+                    assert "build" not in words, caption
+                named[condition] += "build" in words
+    assert min(named.values()) > 50, named
 
 
 def test_hair_and_bag_colours_are_the_true_families():

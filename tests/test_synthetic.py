@@ -310,14 +310,54 @@ def test_infrared_keeps_pattern_structure():
             lut = render.make_infrared_lut(np.random.default_rng(seed))
             pictures = []
             for outfit in (plain, patterned):
-                image, mask = render.render_person(
-                    identity, outfit, camera, np.random.default_rng(7), (128, 64)
+                ir, mask = render.render_person(
+                    identity, outfit, camera, np.random.default_rng(7), (128, 64), infrared_lut=lut
                 )
-                ir = render.to_infrared(image, lut, np.random.default_rng(8))
                 pictures.append(np.asarray(ir, dtype=np.float32)[..., 0])
             on_clothes = np.asarray(mask) == 255
             difference = np.abs(pictures[0] - pictures[1])[on_clothes].mean()
             assert difference > 8, f"{pattern} vanished in infrared (lut seed {seed}): {difference:.1f}"
+
+
+def test_a_garments_infrared_intensity_belongs_to_the_material_not_the_lighting():
+    """Real near-infrared reflectance is a property of the material, lit afterwards: across pictures
+    of different brightness, cameras and colour casts, a garment's intensity *relative to* another
+    garment of the same picture stays the same (up to noise), and is a fixed function of its colour."""
+    rng = np.random.default_rng(5)
+    identity = render.sample_identity(rng)
+    lut = render.make_infrared_lut(np.random.default_rng(1))
+    for trial in range(4):
+        outfit = replace(render.sample_outfit(np.random.default_rng(40 + trial)), pattern="plain",
+                         pattern_colour=None, sleeves="long", lower_kind="trousers")
+        ratios, old_ratios = [], []
+        for seed in range(8):
+            camera = render.sample_camera_style(np.random.default_rng(200 + seed))
+            pose = render.Pose(view="front", stride=0.0, arm_swing=0.0)
+            ir, mask = render.render_person(identity, outfit, camera, np.random.default_rng(seed), (128, 64),
+                                            pose=pose, infrared_lut=lut)
+            visible, _ = render.render_person(identity, outfit, camera, np.random.default_rng(seed), (128, 64),
+                                              pose=pose)
+            old = render.to_infrared(visible, lut, np.random.default_rng(seed))
+            clothes = np.asarray(mask) == 255
+            rows = np.nonzero(clothes.any(axis=1))[0]
+            middle = (rows.min() + rows.max()) // 2
+            upper, lower = clothes.copy(), clothes.copy()
+            upper[middle:], lower[:middle] = False, False
+            for picture, out in ((ir, ratios), (old, old_ratios)):
+                channel = np.asarray(picture, dtype=np.float32)[..., 0]
+                out.append((channel[upper].mean() + 8) / (channel[lower].mean() + 8))
+        spread, old_spread = np.std(np.log(ratios)), np.std(np.log(old_ratios))
+        assert spread < 0.06, f"outfit {trial}: upper/lower infrared ratio varies by {spread:.3f} (log std)"
+        assert spread < old_spread or old_spread < 0.06
+
+
+def test_infrared_pictures_have_no_colour_cast():
+    rng = np.random.default_rng(9)
+    identity, outfit, camera = render.sample_identity(rng), render.sample_outfit(rng), render.sample_camera_style(rng)
+    ir, _ = render.render_person(identity, outfit, camera, rng, (64, 32),
+                                 infrared_lut=render.make_infrared_lut(rng))
+    pixels = np.asarray(ir)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
 
 
 def test_clothes_mask_covers_exactly_what_the_outfit_changes():

@@ -39,7 +39,7 @@ from itkm_lightning.data import synthetic_render as render
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 """Bump when the pictures change for the same spec, so cached datasets are not reused."""
 
 CAMERAS = (1, 2, 3, 4)
@@ -249,13 +249,14 @@ def _build_world(spec: SyntheticSpec, scenario: str, records: list[ImageRecord])
 def _render_record(spec: SyntheticSpec, world: _ScenarioWorld, record: ImageRecord, out_dir: Path) -> None:
     rng = _stream(spec, record.scenario, record.pid, _STREAM_IMAGE, record.camid, record.index)
     outfit = world.wardrobes[record.pid][record.outfit]
+    infrared = record.scenario == "vi" and record.group == 1
+    assert not infrared or world.infrared_lut is not None
+    # Infrared: the material's reflectance first, the picture's lighting after (generator version 2).
     image, mask = render.render_person(
-        world.identities[record.pid], outfit, world.cameras[record.camid], rng, spec.size
+        world.identities[record.pid], outfit, world.cameras[record.camid], rng, spec.size,
+        infrared_lut=world.infrared_lut if infrared else None,
     )
-    if record.scenario == "vi" and record.group == 1:
-        assert world.infrared_lut is not None
-        image = render.to_infrared(image, world.infrared_lut, rng)
-    elif record.scenario == "cr" and record.group == 1:
+    if record.scenario == "cr" and record.group == 1:
         image = render.to_low_resolution(image, rng)
     # zlib level 1: noisy pictures barely compress, and level 1 is both faster and smaller here.
     image.save(out_dir / record.path, compress_level=PNG_COMPRESS_LEVEL)

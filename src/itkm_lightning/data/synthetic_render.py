@@ -574,17 +574,28 @@ def _draw_bag(p: _Painter, b: _Body, identity: Identity, pose: Pose) -> None:
         p.rectangle((x - 0.045 * b.unit, y + 0.01 * b.unit, x + 0.045 * b.unit, y + 0.09 * b.unit), colour)
 
 
-def _finish(canvas: Image.Image, camera: CameraStyle, rng: np.random.Generator) -> Image.Image:
-    """Lighting, slight blur and sensor noise, applied at the output size."""
+def _finish(
+    canvas: Image.Image, camera: CameraStyle, rng: np.random.Generator, monochrome: bool = False
+) -> Image.Image:
+    """Lighting, slight blur and sensor noise, applied at the output size.
+
+    ``monochrome``: an infrared camera with its own illuminator; the picture's brightness and the
+    camera's light still scale it, but the camera's colour cast does not apply.
+    """
     brightness = float(rng.uniform(0.7, 1.3))
     blur = float(rng.uniform(0.3, 0.7))
     noise_scale = float(rng.uniform(0.7, 1.3))
     blurred = canvas.filter(ImageFilter.GaussianBlur(blur))
     # Lighting as a per-channel lookup table: one C pass instead of float arithmetic on the image.
-    gain = (brightness * camera.light) * np.asarray(camera.tint, dtype=np.float64)
+    tint = np.ones(3) if monochrome else np.asarray(camera.tint, dtype=np.float64)
+    gain = (brightness * camera.light) * tint
     table = np.clip(np.arange(256)[None, :] * gain[:, None] + 0.5, 0, 255).astype(np.uint8)
     lit = np.asarray(blurred.point(table.ravel().tolist()), dtype=np.int16)
-    noise = rng.standard_normal(size=lit.shape, dtype=np.float32) * np.float32(camera.noise_std * noise_scale)
+    if monochrome:
+        noise = rng.standard_normal(size=lit.shape[:2], dtype=np.float32)[..., None]
+    else:
+        noise = rng.standard_normal(size=lit.shape, dtype=np.float32)
+    noise = noise * np.float32(camera.noise_std * noise_scale)
     pixels = lit + np.rint(noise).astype(np.int16)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
@@ -596,8 +607,14 @@ def render_person(
     rng: np.random.Generator,
     size: tuple[int, int] = (128, 64),
     pose: Pose | None = None,
+    infrared_lut: np.ndarray | None = None,
 ) -> tuple[Image.Image, Image.Image]:
     """Draw one picture of ``identity`` wearing ``outfit`` as seen by ``camera``.
+
+    With ``infrared_lut`` the picture is a near-infrared one: every surface's colour is first turned
+    into its infrared reflectance (:func:`infrared_reflectance`, a property of the material), and only
+    then lit (the picture's brightness and the camera's light, no colour cast) and given sensor noise,
+    so a garment's infrared intensity relative to the rest of the picture is the same in every picture.
 
     ``size`` is (height, width) of the output. Returns the RGB picture and its exact clothes mask
     (mode 'L', 255 on upper and lower garments, 0 elsewhere, including where a bag or hand covers
@@ -624,7 +641,12 @@ def render_person(
     _draw_head(painter, body, identity, pose)
     _draw_bag(painter, body, identity, pose)
     # Image.reduce is a box filter: the supersampled canvas becomes anti-aliased output.
-    image = _finish(canvas.reduce(2), camera, rng)
+    reduced = canvas.reduce(2)
+    if infrared_lut is not None:
+        reduced = infrared_reflectance(reduced, infrared_lut)
+    image = _finish(reduced, camera, rng, monochrome=infrared_lut is not None)
+    if infrared_lut is not None:
+        image = _add_gray_noise(image, rng, INFRARED_NOISE_STD)
     mask = painter.mask.reduce(2).point(BINARY_THRESHOLD_LUT)
     return image, mask
 
@@ -646,29 +668,53 @@ def _lut_filter(lut: np.ndarray) -> ImageFilter.Color3DLUT:
     return ImageFilter.Color3DLUT(grid, flat.tolist(), channels=3)
 
 
+INFRARED_NOISE_STD = 4.0
+"""Extra per-pixel noise of an infrared sensor (0-255 units), on top of the camera's own noise."""
+
+
+def infrared_reflectance(
+    image: Image.Image, lut: np.ndarray, luminance_weight: float = 0.4, detail_gain: float = 0.6
+) -> Image.Image:
+    """Map an *unlit* RGB rendering to near-infrared reflectance (one intensity copied to 3 channels).
+
+    reflectance = w * luminance + (1 - w) * lut(colour) + detail_gain * local luminance contrast.
+    The table makes the order of colours only partly consistent with luminance; the local-contrast
+    term keeps edges, textures and pattern structure visible, as real NIR does. No noise and no
+    lighting: both come afterwards (``render_person(..., infrared_lut=...)``), as in a real camera.
+    """
+    rgb = image.convert("RGB")
+    gray = rgb.convert("L")
+    luma = np.asarray(gray, dtype=np.float32)
+    mapped = np.asarray(rgb.filter(_lut_filter(lut)), dtype=np.float32)[..., 0]
+    radius = max(1.0, rgb.height / 64)
+    local_mean = np.asarray(gray.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    intensity = luminance_weight * luma + (1 - luminance_weight) * mapped + detail_gain * (luma - local_mean)
+    channel = np.clip(intensity + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(channel[..., None], 3, axis=2))
+
+
+def _add_gray_noise(image: Image.Image, rng: np.random.Generator, noise_std: float) -> Image.Image:
+    channel = np.asarray(image, dtype=np.float32)[..., 0]
+    channel = channel + rng.normal(0.0, noise_std, size=channel.shape).astype(np.float32)
+    channel = np.clip(channel + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(channel[..., None], 3, axis=2))
+
+
 def to_infrared(
     image: Image.Image,
     lut: np.ndarray,
     rng: np.random.Generator,
     luminance_weight: float = 0.4,
     detail_gain: float = 0.6,
-    noise_std: float = 4.0,
+    noise_std: float = INFRARED_NOISE_STD,
 ) -> Image.Image:
-    """Turn an RGB picture into a near-infrared-like one (one intensity copied to 3 channels).
-
-    intensity = w * luminance + (1 - w) * lut(colour) + detail_gain * local luminance contrast,
-    plus noise. The table makes the order of colours only partly consistent with luminance; the
-    local-contrast term keeps edges, textures and pattern structure visible, as real NIR does.
+    """The infrared mapping applied to an already *lit* picture (generator version 1, kept for
+    comparison): the picture's brightness and the camera's tint then pass through the colour table,
+    so a garment's infrared intensity changes from picture to picture. The generator now renders
+    infrared with ``render_person(..., infrared_lut=...)`` instead.
     """
-    rgb = image.convert("RGB")
-    luma = np.asarray(rgb.convert("L"), dtype=np.float32)
-    mapped = np.asarray(rgb.filter(_lut_filter(lut)), dtype=np.float32)[..., 0]
-    radius = max(1.0, rgb.height / 64)
-    local_mean = np.asarray(rgb.convert("L").filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
-    intensity = luminance_weight * luma + (1 - luminance_weight) * mapped + detail_gain * (luma - local_mean)
-    intensity = intensity + rng.normal(0.0, noise_std, size=intensity.shape).astype(np.float32)
-    channel = np.clip(intensity + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(np.repeat(channel[..., None], 3, axis=2))
+    reflect = infrared_reflectance(image, lut, luminance_weight, detail_gain)
+    return _add_gray_noise(reflect, rng, noise_std) if noise_std > 0 else reflect
 
 
 def to_low_resolution(

@@ -4,8 +4,10 @@ The captions describe a person at the level of *coarse* attributes, the way web 
 people for real CLIP: an everyday colour name for the top, the bottom and the bag ("navy", "red",
 ...), whether the top is striped or checked, sleeve length, trousers or skirt, the kind of bag, the
 hair length or style and a hair colour family ("dark", "brown", "blonde", "grey"). They never name
-identity-level details (skin tone, height, body build, head shape, shoes, the colour of a pattern),
-and colour, pattern and hair phrases are dropped at random (docs/pretraining.md says why and how often).
+identity-level details (skin tone, height, head shape, shoes, the colour of a pattern), and colour,
+pattern and hair phrases are dropped at random (docs/pretraining.md says why and how often). They name
+a clearly slim or clearly broad build, as people do ("a slim woman"): a build is what every crop shows
+(shoulders and hips against body height), in infrared and at low resolution too, whatever the person wears.
 
 A caption only states what its image can show:
 
@@ -76,6 +78,21 @@ BAG_PHRASES = {
     "shoulder": "with a shoulder bag",
 }
 HAIR_PHRASES = {"short": "short hair", "long": "long hair", "bun": "hair in a bun", "shaved": "a shaved head"}
+SLIM_BUILD_BELOW = 0.95
+BROAD_BUILD_ABOVE = 1.1
+"""Body width (relative, 0.85-1.2) below / above which a caption may say "of slim / broad build";
+the middle third is not named (a person of average build is not described by it)."""
+
+
+def build_phrase(identity: Identity) -> str | None:
+    """"of slim build", "of broad build" or None (average build)."""
+    if identity.width < SLIM_BUILD_BELOW:
+        return "of slim build"
+    if identity.width > BROAD_BUILD_ABOVE:
+        return "of broad build"
+    return None
+
+
 HAIR_COLOUR_FAMILIES: dict[str, str] = {
     "black": "dark",
     "dark brown": "dark",
@@ -181,6 +198,9 @@ def make_caption(
         extras.append(_bag_phrase(identity, seen, rng))
     if _kept(rng, keep * 2 / 3):
         extras.append("with " + _hair_phrase(identity, seen, rng))
+    build = build_phrase(identity)
+    if _kept(rng, keep * 2 / 3) and build is not None:
+        extras.insert(0, build)
     if not clothes and not extras:  # say at least one thing: the top, which every image shows
         clothes.append(_upper_phrase(outfit, seen, rng, keep))
     if len(clothes) == 2 and _kept(rng, 0.5):

@@ -35,7 +35,7 @@ from itkm_lightning.data import synthetic_render as render
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
 from itkm_lightning.pretrain.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
 
-CORPUS_VERSION = "5"
+CORPUS_VERSION = "7"
 """Bump when the pictures or captions change for the same spec, so cached corpora are not reused."""
 
 CORPUS_STREAM_SALT = 0x50524554  # "PRET": keeps every corpus stream apart from the benchmark's
@@ -202,10 +202,13 @@ def render_corpus_image(
     condition_id = CONDITIONS.index(image.condition)
     rng = _stream(spec, image.pid, _STREAM_IMAGE, image.outfit, condition_id, image.index)
     scene = sample_web_scene(rng)
-    picture, _ = render.render_person(identity, outfit, scene, rng, (spec.image_height, spec.image_width))
-    if image.condition == "infrared":
-        picture = render.to_infrared(picture, render.make_infrared_lut(rng), rng)
-    elif image.condition == "lowres":
+    # Each infrared picture has its own table (another camera and filter each time), applied to the
+    # material before the picture is lit, as in the benchmark (corpus version 6).
+    lut = render.make_infrared_lut(rng) if image.condition == "infrared" else None
+    picture, _ = render.render_person(
+        identity, outfit, scene, rng, (spec.image_height, spec.image_width), infrared_lut=lut
+    )
+    if image.condition == "lowres":
         picture = render.to_low_resolution(picture, rng)
     downsample = spec.image_height / picture.height
     seen = visibility(image.condition, identity, outfit, spec.image_height, downsample)
