@@ -67,9 +67,11 @@ def test_degenerate_blocks_warn_with_numbers_and_the_others_train(tmp_path, monk
 @pytest.mark.parametrize("labels, advice", [
     ([-1] * 8, r"every image is an outlier.*--model\.clustering\.eps 0\.70"),
     ([0, 0, 0, -1, 1, 1, 1, 1], r"at most one cluster.*--model\.clustering\.eps 0\.50"),
+    # one tight group in one block, nothing in three: eps is too narrow, not too wide
+    ([0, 0, 0, -1] + [-1] * 12, r"most blocks have no cluster.*--model\.clustering\.eps 0\.70"),
 ])
 def test_no_trainable_block_saves_then_stops_with_an_eps_to_try(tmp_path, monkeypatch, labels, advice):
-    trainer, module = fake_run(tmp_path, [4, 4])
+    trainer, module = fake_run(tmp_path, [4] * (len(labels) // 4))
     monkeypatch.setattr(pl_cb, "cluster_blocks", lambda *a: np.array(labels))
     callback = PseudoLabelCallback(ClusteringConfig(eps=0.6, k1=2, k2=1))
     with pytest.raises(EmptyClusteringError, match=advice) as err:

@@ -221,16 +221,18 @@ class PseudoLabelCallback(L.Callback):
         trainer.save_checkpoint(path)  # every rank calls it (a collective); rank 0 writes
         eps, key = self.cfg.eps, self.config_key
         counts = ", ".join(f"{k}: {v['num_clusters']} clusters / {v['num_outliers']} outliers" for k, v in stats.items())
-        if all(v["num_clusters"] == 0 for v in stats.values()):
-            advice = (f"every image is an outlier: the features are too spread for eps={eps}; raise "
+        empty = sum(v["num_clusters"] == 0 for v in stats.values())
+        merged = sum(v["num_clusters"] == 1 for v in stats.values())
+        # Most blocks without any cluster means eps is too narrow, even if a block or two formed a single
+        # cluster (a tight group of near-duplicates); only when merged blocks dominate is it too wide.
+        if empty and empty >= merged:
+            what = "every image is an outlier" if empty == len(stats) else "most blocks have no cluster"
+            advice = (f"{what}: the features are too spread for eps={eps}; raise "
                       f"{key}.eps (e.g. --{key}.eps {min(0.95, eps + 0.1):.2f}) or lower "
                       f"min_samples (now {self.cfg.min_samples})")
-        elif all(v["num_clusters"] <= 1 for v in stats.values()) and any(v["num_clusters"] == 1 for v in stats.values()):
+        else:  # no block has two clusters, and most have exactly one
             advice = (f"blocks merge into at most one cluster: eps={eps} is too wide; lower {key}.eps "
                       f"(e.g. --{key}.eps {max(0.05, eps - 0.1):.2f})")
-        else:
-            advice = (f"adjust {key}.eps (now {eps}): raise it for blocks without clusters, lower it "
-                      "for blocks merged into one")
         raise EmptyClusteringError(
             f"no (scenario, group) block has two pseudo-label clusters, so there is nothing to train on ({counts}); "
             f"{advice}. State saved to {path}: re-running with the new setting and --resume_anyway resumes from it "
