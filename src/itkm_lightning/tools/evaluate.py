@@ -148,18 +148,9 @@ def ranked_figure(path: Path, bench, features, num_queries: int, top_k: int = 10
     query's identity and camera are skipped (the usual junk rule)."""
     import numpy as np
 
-    from itkm_lightning.tools.figures import ranked_list_grid
+    from itkm_lightning.tools.figures import ranked_list_grid, ranked_rows, ranked_title
 
     nq = len(bench.query)
-    q, g = features[:nq], features[nq:]
-    rows = []
-    for i in np.linspace(0, nq - 1, num=min(num_queries, nq)).round().astype(int):
-        query = bench.query[i]
-        scores = (g @ q[i]).numpy()
-        junk = np.asarray([s.pid == query.pid and s.camid == query.camid for s in bench.gallery])
-        scores[junk] = -np.inf
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        order = order[np.isfinite(scores[order])]
-        rows.append((query.path, [(bench.gallery[j].path, float(scores[j]), bench.gallery[j].pid == query.pid)
-                                  for j in order]))
-    return ranked_list_grid(rows, path, title=f"{bench.name}: query and top-{top_k} (green = same identity, red = other)")
+    picked = np.linspace(0, nq - 1, num=min(num_queries, nq)).round().astype(int)
+    rows = ranked_rows(bench, features[:nq].numpy(), features[nq:].numpy(), picked, top_k)
+    return ranked_list_grid(rows, path, title=ranked_title(bench, top_k))

@@ -73,6 +73,26 @@ def ranked_list_grid(rows: Sequence[RankedRow], path: str | Path, title: str = "
     return Path(path)
 
 
+def ranked_rows(bench, query_features, gallery_features, query_indices: Sequence[int], top_k: int) -> list[RankedRow]:
+    """``ranked_list_grid`` rows: each chosen query's top-k gallery images by cosine similarity (features are
+    L2-normalised), skipping gallery images of the query's identity *and* camera (the usual junk rule)."""
+    rows = []
+    for i in query_indices:
+        query = bench.query[i]
+        scores = np.asarray(gallery_features @ query_features[i], dtype=np.float64)
+        junk = np.asarray([s.pid == query.pid and s.camid == query.camid for s in bench.gallery])
+        scores[junk] = -np.inf
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        order = order[np.isfinite(scores[order])]
+        rows.append((query.path, [(bench.gallery[j].path, float(scores[j]), bench.gallery[j].pid == query.pid)
+                                  for j in order]))
+    return rows
+
+
+def ranked_title(bench, top_k: int) -> str:
+    return f"{bench.name}: query and top-{top_k} (green = same identity, red = other)"
+
+
 def read_pseudo_label_log(metrics_csv: str | Path) -> dict[str, dict[str, list[float]]]:
     """``{block: {metric: [value per re-clustering]}}`` from a CSVLogger ``metrics.csv``
     (columns ``pseudo/<block>/<metric>``; rows without them are other logs)."""

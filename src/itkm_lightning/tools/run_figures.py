@@ -16,6 +16,8 @@ from itkm_lightning.tools.figures import (
     prototype_similarity,
     pseudo_label_curves,
     ranked_list_grid,
+    ranked_rows,
+    ranked_title,
     two_d_embedding,
 )
 
@@ -81,19 +83,9 @@ def _feature_figures(out: Path, model, datamodule, num_queries: int, top_k: int,
                                   view_transform=getattr(datamodule, "_clothing_agnostic_view", None))  # as evaluation
             q, g = feats[: len(bench.query)], feats[len(bench.query):]
             picked = sorted(rng.choice(len(bench.query), size=min(num_queries, len(bench.query)), replace=False))
-            rows = []
-            for i in picked:
-                query = bench.query[i]
-                scores = (g @ q[i]).numpy()
-                junk = np.asarray([s.pid == query.pid and s.camid == query.camid for s in bench.gallery])
-                scores[junk] = -np.inf
-                order = np.argsort(-scores, kind="stable")[:top_k]
-                order = order[np.isfinite(scores[order])]
-                rows.append((query.path, [(bench.gallery[j].path, float(scores[j]), bench.gallery[j].pid == query.pid)
-                                          for j in order]))
-            figures[f"ranked_{bench.name}"] = ranked_list_grid(
-                rows, out / f"ranked_{bench.name}.png",
-                title=f"{bench.name}: query and top-{top_k} (green = same identity, red = other)")
+            rows = ranked_rows(bench, q.numpy(), g.numpy(), picked, top_k)
+            figures[f"ranked_{bench.name}"] = ranked_list_grid(rows, out / f"ranked_{bench.name}.png",
+                                                               title=ranked_title(bench, top_k))
             points_feats.append(feats.numpy())
             samples = bench.query + bench.gallery
             points_ids += [s.identity for s in samples]
