@@ -229,7 +229,7 @@ def _ddp_worker(rank: int, world_size: int, n: int, init_file: str, out: str) ->
     import torch
     import torch.distributed as dist
 
-    from itkm_lightning.callbacks.pseudo_labels import cluster_blocks_distributed
+    from itkm_lightning.clustering.blocks import cluster_blocks_distributed
     from itkm_lightning.config import ClusteringConfig
     from itkm_lightning.distributed import sharded_knn
 

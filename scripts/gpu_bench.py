@@ -165,7 +165,8 @@ def bench_extract(device: torch.device, smoke: bool, batches: int) -> dict:
 
 
 def bench_pseudo(device: torch.device, sizes: list[int]) -> list[dict]:
-    from itkm_lightning.clustering import _faiss_available, cluster, knn
+    from itkm_lightning.clustering import cluster, knn
+    from itkm_lightning.clustering.knn_search import _faiss_available
 
     rows = []
     for n in sizes:

@@ -11,7 +11,9 @@ import torch
 from sklearn.cluster import DBSCAN, HDBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from itkm_lightning import clustering
+from itkm_lightning.clustering import hdbscan, knn_search
+from itkm_lightning.clustering import neighbourhoods as steps
+from itkm_lightning.clustering import overlaps as overlap_steps
 from itkm_lightning.clustering import cluster, jaccard_distance, knn
 
 torch.set_num_threads(1)
@@ -198,7 +200,7 @@ def test_dbscan_labels_equal_dense_dbscan(seed: int) -> None:
 
 def far_filled(reference: np.ndarray) -> np.ndarray:
     """Dense matrix with the pairs that share no weight (distance 1) marked unrelated (far = 2)."""
-    return np.where(reference >= 1 - 1e-9, clustering.HDBSCAN_FAR_DISTANCE, reference)
+    return np.where(reference >= 1 - 1e-9, hdbscan.HDBSCAN_FAR_DISTANCE, reference)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -209,7 +211,7 @@ def test_hdbscan_matches_dense_hdbscan(seed: int) -> None:
     assert len(set(dense_model.labels_) - {-1}) >= 2
 
     sparse = jaccard_distance(features, 20, 6, backend="torch")
-    sparse_model, kept = clustering._fit_hdbscan(sparse, 4)
+    sparse_model, kept = hdbscan._fit_hdbscan(sparse, 4)
     labels = cluster(features, "hdbscan", min_samples=4, k1=20, k2=6, backend="torch")
 
     assert len(kept) == len(features)
@@ -386,7 +388,7 @@ def test_knn_rejects_k_larger_than_database_and_nan() -> None:
 
 
 def test_module_exposes_install_hint() -> None:
-    assert "itkm-lightning[faiss]" in clustering.FAISS_INSTALL_HINT
+    assert "itkm-lightning[faiss]" in knn_search.FAISS_INSTALL_HINT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,12 +402,12 @@ def test_pruned_jaccard_equals_all_pairs(seed: int, max_distance: float) -> None
     features = noisy_clusters(seed, n_centres=int(rng.integers(5, 25)), spread=float(rng.uniform(0.3, 0.9)))
     features = np.concatenate([features, features[:4]])  # duplicates: overlap 1, distance 0 off the diagonal
     ranks = knn(features, features, 20, backend="torch")[1]
-    neighbourhoods = clustering._expanded_neighbourhoods(clustering._reciprocal_neighbours(ranks, 20),
-                                                         clustering._reciprocal_neighbours(ranks, 10))
-    weights = clustering._local_query_expansion(clustering._gaussian_weights(neighbourhoods, features), ranks, 6)
+    neighbourhoods = steps._expanded_neighbourhoods(steps._reciprocal_neighbours(ranks, 20),
+                                                    steps._reciprocal_neighbours(ranks, 10))
+    weights = steps._local_query_expansion(steps._gaussian_weights(neighbourhoods, features), ranks, 6)
 
-    pruned = clustering._pruned_jaccard(weights, max_distance)
-    every = clustering._all_pairs_jaccard(weights, max_distance)
+    pruned = overlap_steps._pruned_jaccard(weights, max_distance)
+    every = overlap_steps._all_pairs_jaccard(weights, max_distance)
 
     assert every.nnz > weights.shape[0]  # pairs beyond the diagonal, so the comparison means something
     for matrix in (pruned, every):
@@ -420,13 +422,13 @@ def test_candidate_pairs_hold_every_pair_over_the_threshold() -> None:
     """The prefix filter may keep extra pairs, never lose one: checked against all overlaps at once."""
     features = noisy_clusters(21, n_centres=15, spread=0.5)
     ranks = knn(features, features, 15, backend="torch")[1]
-    neighbourhoods = clustering._expanded_neighbourhoods(clustering._reciprocal_neighbours(ranks, 15),
-                                                         clustering._reciprocal_neighbours(ranks, 8))
-    weights = clustering._local_query_expansion(clustering._gaussian_weights(neighbourhoods, features), ranks, 4)
+    neighbourhoods = steps._expanded_neighbourhoods(steps._reciprocal_neighbours(ranks, 15),
+                                                    steps._reciprocal_neighbours(ranks, 8))
+    weights = steps._local_query_expansion(steps._gaussian_weights(neighbourhoods, features), ranks, 4)
     dense = weights.toarray().astype(np.float64)
     overlaps = np.stack([np.minimum(dense[i], dense).sum(axis=1) for i in range(len(dense))])
     for threshold in (0.2, 0.5, 0.8):
-        rows, columns = clustering._candidate_pairs(weights, threshold)
+        rows, columns = overlap_steps._candidate_pairs(weights, threshold)
         needed = {(i, j) for i, j in zip(*np.nonzero(overlaps >= threshold)) if i < j}
         found = set(zip(rows.tolist(), columns.tolist()))
         assert needed and needed <= found

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from itkm_lightning.callbacks.pseudo_labels import cluster_blocks, cluster_blocks_distributed
+from itkm_lightning.clustering.blocks import cluster_blocks, cluster_blocks_distributed
 from itkm_lightning.config import ClusteringConfig
 from itkm_lightning.distributed import query_slice, sharded_knn
 

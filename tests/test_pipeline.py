@@ -250,7 +250,7 @@ def test_handoff_files_hold_only_plain_contents_and_are_written_whole(tmp_path):
 
 # ------------------------------------------------------------------ Stage I's hand-over
 def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, synthetic_root, tiny_backbone):
-    from itkm_lightning.callbacks.pseudo_labels import cluster_blocks
+    from itkm_lightning.clustering.blocks import cluster_blocks
     from itkm_lightning.config import ClusteringConfig
     from itkm_lightning.data.datamodule import ReIDDataModule
     from itkm_lightning.data.sources import SyntheticBenchmark

@@ -79,7 +79,7 @@ class Stage1(ReIDStage):
         The last epoch trains on labels from before it, so the labels Stage II learns text for come from one more
         extraction (every rank) and clustering (rank 0, broadcast), exactly as between epochs.
         """
-        from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError, cluster_blocks_distributed
+        from itkm_lightning.clustering.blocks import EmptyClusteringError, cluster_blocks_distributed
 
         features = self.extract_after_fit(datamodule.cluster_dataloader())
         labels = torch.from_numpy(cluster_blocks_distributed(features, datamodule.block_of_index, self.clustering,
