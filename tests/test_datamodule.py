@@ -72,7 +72,7 @@ def test_multi_trial_benchmarks_average_over_trials():
     import torch
 
     from itkm_lightning.data.schema import BenchmarkSplit, Sample
-    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
     def s(pid, cam):
         return Sample(path="x", pid=pid, camid=cam, scenario="vi", group=0, source="t")

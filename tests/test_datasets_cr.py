@@ -19,7 +19,7 @@ from itkm_lightning.data.datasets.cross_resolution import (
     unmatched_query_count,
 )
 from itkm_lightning.prepare import build_mlr
-from itkm_lightning.stages.base import evaluate_benchmark
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
 
 def tiny_png(path: Path, seed: int = 0, size: tuple[int, int] = (8, 16)) -> None:

@@ -40,7 +40,7 @@ def reference_scores(stage, configs: list[str], overrides: list[str], rerank=Non
     from itkm_lightning.cli import parse_fit_config
     from itkm_lightning.config_files import source_of
     from itkm_lightning.data.datamodule import ReIDDataModule
-    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
     data = parse_fit_config(configs, overrides).data
     dm = ReIDDataModule([source_of(s) for s in data.sources], root=data.root, image_size=(64, 32), num_workers=0,
@@ -228,7 +228,7 @@ def test_evaluate_and_the_extractor_open_a_timm_model(synthetic_root, tmp_path):
     from itkm_lightning.handoffs import save_handoff
     from itkm_lightning.models.backbone import build_image_encoder
     from itkm_lightning.models.clip import BackboneConfig
-    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.evaluation.benchmark import evaluate_benchmark
     from itkm_lightning.tools.features import embed_samples, encoder_features, samples_from_config
 
     pytest.importorskip("timm")

@@ -20,7 +20,7 @@ from itkm_lightning.evaluation import (
     summarize,
 )
 from itkm_lightning.results import ResultsFile
-from itkm_lightning.stages.base import evaluate_benchmark
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
 
 def sample(pid, cam, name="x"):

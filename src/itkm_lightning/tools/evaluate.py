@@ -3,7 +3,7 @@
 The model is a run directory, a ``.ckpt`` of any stage or a ``handoff.pt`` (tools/model_source.py, weights only).
 The config is any training config (``itkm fit``'s files and dotted overrides); its ``data.test_sources`` (or,
 unset, ``data.sources``) are scored with each benchmark's own protocol, exactly as ``fit`` scores them
-(``stages.base.evaluate_benchmark``): the model may come from training on other datasets (torchreid's ``-s/-t``).
+(``evaluation.benchmark.evaluate_benchmark``): the model may come from training on other datasets (torchreid's ``-s/-t``).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> None:
     from itkm_lightning.extractor import FeatureExtractor
     from itkm_lightning.fileio import atomic_write_json
     from itkm_lightning.results import ResultsFile
-    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
     extractor = FeatureExtractor(args.model, device=args.device, feature=feature, flip=flip,
                                  batch_size=args.batch_size or int(data.get("test_batch_size") or 64),
