@@ -247,8 +247,10 @@ def _ddp_worker(rank: int, world_size: int, n: int, init_file: str, out: str) ->
     dist.barrier()
     total_s = time.perf_counter() - start
     if rank == 0:
-        Path(out).write_text(json.dumps({"knn_seconds": knn_s, "pseudo_label_seconds": total_s,
-                                         "clusters": int(labels.max() + 1)}))
+        from itkm_lightning.fileio import atomic_write_text
+
+        atomic_write_text(out, json.dumps({"knn_seconds": knn_s, "pseudo_label_seconds": total_s,
+                                           "clusters": int(labels.max() + 1)}))
     dist.destroy_process_group()
 
 
@@ -610,9 +612,10 @@ def main() -> None:
     if "extract" in only:
         print("feature extraction fp32 / bf16 ...", flush=True)
         results["extraction"] = run_child("extract")
+    from itkm_lightning.fileio import atomic_write_json
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(out, results)
     print_table(results)
     print(f"wrote {out}")
 

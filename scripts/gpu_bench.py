@@ -217,7 +217,9 @@ def main() -> None:
     if "pseudo" in only:
         results["pseudo"] = bench_pseudo(device, sizes)
     results["wall_seconds"] = time.perf_counter() - started
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    from itkm_lightning.fileio import atomic_write_json
+
+    atomic_write_json(args.out, results)
     print(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 

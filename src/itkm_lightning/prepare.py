@@ -26,7 +26,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from itkm_lightning.data.datasets.cross_resolution import (
     read_mlr_manifest,
 )
 from itkm_lightning.data.dataset import load_rgb
-from itkm_lightning.fileio import atomic_write_text
+from itkm_lightning.fileio import atomic_write, atomic_write_text
 
 SEED = 0
 """mlr-v1 means seed 0; it is deliberately not an option (docs/protocols.md 6.2)."""
@@ -421,16 +420,16 @@ def _write_image(plan: SourcePlan, item: PlannedFile, dest: Path) -> None:
     if item.row.rate > 1:
         image = image.resize((item.row.out_w, item.row.out_h), Image.Resampling.BICUBIC)
     target = dest / item.relative
-    temporary = target.with_name(f".{target.name}.tmp")
-    image.save(temporary, format="PNG")
-    os.replace(temporary, target)  # a file under its final name is always complete
+    # A file under its final name is always complete; no fsync per image (thousands of them, 6 ms each).
+    atomic_write(target, lambda handle: image.save(handle, format="PNG"), fsync=False)
 
 
 def _remove_temporaries(dest: Path) -> None:
-    """Half-written images of a killed run (``.<name>.tmp``); only this command creates such names."""
+    """Half-written images of a killed run (``.<name>.<random>.tmp``, before: ``.<name>.tmp``); only this command
+    creates such names."""
     for folder in MLR_FOLDERS:
         if (dest / folder).is_dir():
-            for leftover in (dest / folder).glob(".*.png.tmp"):
+            for leftover in (dest / folder).glob(".*.png*.tmp"):
                 leftover.unlink()
 
 

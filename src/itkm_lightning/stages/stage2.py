@@ -33,6 +33,7 @@ from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.feature_batches import CachedFeatureDataset, ScenarioMixingClusterSampler
 from itkm_lightning.data.schema import SCENARIOS, Sample
 from itkm_lightning.data.transforms import test_transform
+from itkm_lightning.fileio import atomic_write
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.clip import (
     BackboneConfig,
@@ -282,10 +283,8 @@ class Stage2(L.LightningModule):
                 first.setdefault(s.path, replace(s, group=0) if s.scenario == "cc" else s)
             v = self._extract([first[p] for p in needed], datamodule)
             cache = {"meta": meta, "paths": needed, "v": v}
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
-            torch.save(cache, tmp)
-            os.replace(tmp, cache_path)  # every DDP process writes the same numbers; the rename is atomic
+            # Every DDP process writes the same numbers; each rename is whole.
+            atomic_write(cache_path, lambda handle: torch.save(cache, handle))
         row = {path: i for i, path in enumerate(cache["paths"])}
         return cache["v"][[row[s.path] for s in samples]].float()
 

@@ -22,13 +22,10 @@ def save_embeddings(out_dir: str | Path, features: np.ndarray, samples: Sequence
     from a dataset split; tagged loose images have pid -1 and get no label columns), so that `itkm search
     --evaluate` can score two such folders.
     """
-    from itkm_lightning.fileio import atomic_write_text
+    from itkm_lightning.fileio import atomic_write, atomic_write_text
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{FEATURES_FILE}.tmp.npy"
-    np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
-    tmp.replace(out_dir / FEATURES_FILE)
+    atomic_write(out_dir / FEATURES_FILE, lambda handle: np.save(handle, np.ascontiguousarray(features, dtype=np.float32)))
     labelled = bool(samples) and all(s.pid >= 0 for s in samples)
     columns = ["path", "scenario", "group"]
     if labelled:
