@@ -70,7 +70,21 @@ def _knn_faiss(queries: FeatureArray, database: FeatureArray, k: int) -> tuple[n
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(database_array)
-    similarities, indices = index.search(query_array, k)
+    return _search_faiss_index(index, query_array, k)
+
+
+def flat_index(database: FeatureArray):
+    """The exact faiss index (``IndexFlatIP``, CPU) holding ``database``, for a caller that keeps it: ``itkm search``
+    saves it beside its gallery and searches it through :func:`knn` (``faiss_index``)."""
+    faiss = _faiss_module()
+    database_array = _to_cpu_float32(database)
+    index = faiss.IndexFlatIP(database_array.shape[1])
+    index.add(database_array)
+    return index
+
+
+def _search_faiss_index(index, queries: FeatureArray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    similarities, indices = index.search(_to_cpu_float32(queries), k)
     return similarities.astype(np.float32, copy=False), indices.astype(np.int64, copy=False)
 
 
@@ -145,6 +159,7 @@ def knn(
     index: KnnIndex = "exact",
     nprobe: int = 16,
     ef_search: int = 128,
+    faiss_index=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours by inner product (cosine similarity for L2-normalised features).
 
@@ -166,6 +181,8 @@ def knn(
             (``IndexIVFFlat``, about 4 sqrt(Nd) lists, ``nprobe`` of them searched per query) or "hnsw"
             (``IndexHNSWFlat``, 32 links per node, ``ef_search`` candidates per query).
         nprobe, ef_search: the approximate indexes' search effort (more: slower, nearer to exact).
+        faiss_index: an exact faiss index of ``database`` built before (:func:`flat_index`, or read from disk),
+            searched instead of a new one (with ``index="exact"``; ``backend`` is then not consulted).
 
     Returns:
         ``(similarities, indices)``: inner products (higher is nearer), (Nq, k) float32 sorted in
@@ -195,8 +212,13 @@ def knn(
         )
     if index not in ("exact", "ivf", "hnsw"):
         raise ValueError(f"index must be 'exact', 'ivf' or 'hnsw'; got {index!r}.")
+    if faiss_index is not None and (index != "exact" or faiss_index.ntotal != database.shape[0]):
+        raise ValueError(f"faiss_index must be an exact index of the {database.shape[0]} database rows; got "
+                         f"{faiss_index.ntotal} rows with index={index!r}.")
     if index != "exact":
         similarities, indices = _knn_faiss_approximate(queries, database, searched, index, nprobe, ef_search)
+    elif faiss_index is not None:
+        similarities, indices = _search_faiss_index(faiss_index, queries, searched)
     else:
         search = _knn_faiss if _use_faiss(backend, queries) else _knn_torch
         similarities, indices = search(queries, database, searched)

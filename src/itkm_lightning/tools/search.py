@@ -1,4 +1,4 @@
-"""``itkm search``: the top-k gallery images for query images (faiss inner product, torch fallback)."""
+"""``itkm search``: the top-k gallery images for query images (``clustering.knn``: faiss inner product, torch fallback)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from itkm_lightning.fileio import atomic_write_json
+from itkm_lightning.clustering.knn_search import _faiss_available, flat_index, knn
+from itkm_lightning.fileio import atomic_path, atomic_write_json
 from itkm_lightning.tools.embedding_files import FEATURES_FILE, is_embedding_dir, load_embeddings
 
 INDEX_NAME = "faiss.index"
@@ -23,27 +24,20 @@ def normalize(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_backend(backend: str) -> str:
     """``faiss`` or ``torch``: auto picks faiss when it imports; asking for a missing faiss names the fix."""
     if backend not in ("auto", "faiss", "torch"):
         raise ValueError(f"backend must be auto, faiss or torch, got {backend!r}")
     if backend == "auto":
-        return "faiss" if faiss_available() else "torch"
-    if backend == "faiss" and not faiss_available():
+        return "faiss" if _faiss_available() else "torch"
+    if backend == "faiss" and not _faiss_available():
         raise ImportError("--backend faiss needs faiss: pip install faiss-cpu (or faiss-gpu), or use --backend torch")
     return backend
 
 
 class GalleryIndex:
-    """Exact cosine search over a gallery: faiss ``IndexFlatIP`` when faiss imports, else a torch matmul.
+    """Exact cosine search over a gallery with the clustering's top-k search (``knn``): faiss ``IndexFlatIP`` when
+    faiss imports, else a torch matmul.
 
     ``save``/``load`` persist the faiss index next to the gallery's features, so repeated searches skip
     the build (the flat index is a copy of the features; its value is for faiss-gpu or IVF swaps later).
@@ -55,10 +49,7 @@ class GalleryIndex:
         self.backend = backend
         self.index = index
         if backend == "faiss" and index is None:
-            import faiss
-
-            self.index = faiss.IndexFlatIP(self.gallery.shape[1])
-            self.index.add(self.gallery)
+            self.index = flat_index(self.gallery)
 
     def __len__(self) -> int:
         return len(self.gallery)
@@ -70,23 +61,14 @@ class GalleryIndex:
             raise ValueError(f"query features are {queries.shape[1]}-d but the gallery's are "
                              f"{self.gallery.shape[1]}-d; "
                              "embed both with the same model and --feature")
-        k = min(k, len(self.gallery))
-        if self.backend == "faiss":
-            return self.index.search(queries, k)
-        import torch  # here: `itkm search` on features with faiss needs no torch
-
-        scores = torch.from_numpy(queries) @ torch.from_numpy(self.gallery).T
-        top = scores.topk(k, dim=1)
-        return top.values.numpy(), top.indices.numpy()
+        return knn(queries, self.gallery, min(k, len(self.gallery)), backend=self.backend, faiss_index=self.index)
 
     def save(self, path: str | Path) -> None:
         if self.backend == "faiss":
             import faiss
 
-            path = Path(path)
-            tmp = path.with_name(f".{path.name}.tmp")
-            faiss.write_index(self.index, str(tmp))
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                faiss.write_index(self.index, str(tmp))
 
     @classmethod
     def for_embedding_dir(cls, folder: Path, gallery: np.ndarray, backend: str = "auto") -> GalleryIndex:
