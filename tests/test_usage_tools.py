@@ -182,6 +182,36 @@ def test_search_falls_back_to_torch_without_faiss(trained, synthetic_root, tmp_p
     assert "pip install faiss-cpu" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_gallery_search_is_the_clustering_top_k_exactly(backend, tmp_path):
+    """`itkm search` ranks with clustering's knn: the same numbers as the flat faiss index and the torch matmul +
+    topk it used to run itself, bit for bit (ties included), and a saved index reads back to the same result."""
+    from itkm_lightning.tools.search import GalleryIndex, normalize
+
+    if backend == "faiss":
+        faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    gallery, queries = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    gallery[1] = gallery[0]  # a tie
+    index = GalleryIndex(gallery, backend)
+    got = index.search(queries, 7)
+    if backend == "faiss":
+        reference = faiss.IndexFlatIP(16)
+        reference.add(normalize(gallery))
+        expected = reference.search(normalize(queries), 7)
+    else:
+        top = (torch.from_numpy(normalize(queries)) @ torch.from_numpy(normalize(gallery)).T).topk(7, dim=1)
+        expected = top.values.numpy(), top.indices.numpy()
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert [a.shape for a in index.search(queries, 1000)] == [(40, 300), (40, 300)]  # k beyond the gallery: all
+    if backend == "faiss":
+        (tmp_path / "features.npy").write_bytes(b"")
+        GalleryIndex.for_embedding_dir(tmp_path, gallery, backend)  # builds and saves faiss.index
+        loaded = GalleryIndex.for_embedding_dir(tmp_path, gallery, backend)
+        assert all(np.array_equal(a, b) for a, b in zip(loaded.search(queries, 7), got))
+
+
 def test_search_of_images_without_a_model_names_the_fix(synthetic_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["search", str(gallery_dir(synthetic_root)), "--gallery", str(gallery_dir(synthetic_root))])
@@ -272,6 +302,7 @@ def test_export_matches_the_checkpoint(fmt, suffix, trained, tmp_path, capsys):
         assert float((exported(*single) - features(reference, single)).abs().max()) < 1e-5
     spec = json.loads((tmp_path / f"encoder{suffix}.json").read_text())
     assert spec["image_size"] == list(reference.cfg.image_size) and spec["parity_max_abs_diff"] < 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == [f"encoder{suffix}", f"encoder{suffix}.json"]
 
 
 def test_onnx_export_reports_missing_packages(trained, tmp_path, capsys):
