@@ -8,8 +8,8 @@ One job per module, in the order the data flows:
 - ``jaccard``: ``jaccard_distance``, the steps above end to end (its docstring defines the distance);
 - ``dbscan`` / ``hdbscan``: the two clusterings on the sparse distance; ``labels``: ``cluster``;
 - ``blocks``: one clustering per (scenario, group) block, single-process or DDP, and its statistics
-  (imported from ``itkm_lightning.clustering.blocks``: it needs Lightning-free torchmetrics and DDP helpers
-  that the functions above do not).
+  (import it from ``itkm_lightning.clustering.blocks``: it brings torchmetrics and the DDP helpers, which
+  re-ranking, ``itkm search`` and the functions above do not need).
 """
 
 from itkm_lightning.clustering.inputs import FeatureArray

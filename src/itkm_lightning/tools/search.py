@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score the ranking (mAP, CMC, mINP): queries and gallery must be `itkm embed` "
                              "folders whose index.csv has pid and camid (embedded with --config)")
     parser.add_argument("--protocol", default="market",
-                        help="with --evaluate: the protocol of evaluation.py (market, sysu, llcm, regdb, "
+                        help="with --evaluate: the protocol of evaluation/protocols.py (market, sysu, llcm, regdb, "
                              "cloth_changing, same_clothes); default market")
     parser.add_argument("--rerank", action="store_true",
                         help="with --evaluate: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring")

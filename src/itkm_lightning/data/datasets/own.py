@@ -46,7 +46,7 @@ class ImageFolder(DatasetSource):
             ``pid``, ``camid``, ``split`` (``query`` / ``gallery``; other rows only monitor pseudo-labels) and
             optionally ``clothes``. Query and gallery images are scored and kept out of training. Without it,
             ``itkm fit`` reports pseudo-label statistics instead of mAP.
-        protocol: how the labelled images are scored (evaluation.py; ``market`` drops same-identity same-camera
+        protocol: how the labelled images are scored (evaluation/protocols.py; ``market`` drops same-identity same-camera
             gallery images).
         name: benchmark name (``<name>_<scenario>`` when the tree holds several scenarios).
     """
