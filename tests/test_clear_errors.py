@@ -139,7 +139,7 @@ def test_export_that_fails_its_parity_check_leaves_no_file(check, expected, tmp_
 # ------------------------------------------------------------------ search
 def embedding_folder(tmp_path: Path, name: str = "gallery") -> Path:
     from itkm_lightning.data.schema import Sample
-    from itkm_lightning.tools.features import save_embeddings
+    from itkm_lightning.tools.embedding_files import save_embeddings
 
     samples = [Sample(path=f"/img/{i}.jpg", pid=-1, camid=-1, scenario="vi", group=0, source="t") for i in range(6)]
     features = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
@@ -192,7 +192,7 @@ def test_embed_config_with_a_misspelled_source(source, expected, tmp_path, capsy
 
 
 def test_embed_config_takes_the_overrides_of_fit(tmp_path, trained, synthetic_root):
-    from itkm_lightning.tools.features import load_embeddings
+    from itkm_lightning.tools.embedding_files import load_embeddings
 
     ckpt, _ = trained
     main(["embed", "--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),

@@ -61,7 +61,7 @@ def test_paths_pil_images_and_tensors_give_the_encoders_features(trained, synthe
 
 def test_embed_writes_what_the_extractor_computes(trained, synthetic_root, tmp_path):
     from itkm_lightning import FeatureExtractor
-    from itkm_lightning.tools.features import load_embeddings
+    from itkm_lightning.tools.embedding_files import load_embeddings
 
     run_dir, _ = trained
     folder = synthetic_root / "synthetic" / "tiny" / "vi" / "query"

@@ -13,7 +13,8 @@ from itkm_lightning.cli import main
 
 REPO_CONF_SMOKE = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / "smoke.yaml"
 from itkm_lightning.data import transforms
-from itkm_lightning.tools.features import list_images, load_embeddings
+from itkm_lightning.tools.embedding_files import load_embeddings
+from itkm_lightning.tools.features import list_images
 from itkm_lightning.tools.model_source import load_image_encoder
 
 

@@ -86,7 +86,8 @@ def main(argv: list[str]) -> None:
     if bool(args.images) == bool(args.config):
         raise ValueError("give either image files/folders or --config (with --split), not both and not neither")
     from itkm_lightning.extractor import FeatureExtractor
-    from itkm_lightning.tools.features import samples_from_config, save_embeddings
+    from itkm_lightning.tools.embedding_files import save_embeddings
+    from itkm_lightning.tools.features import samples_from_config
 
     samples = (samples_from_config(args.config, args.split, args.benchmark, overrides) if args.config
                else tagged_samples(args.images, args.scenario, args.group))

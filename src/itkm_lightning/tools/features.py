@@ -17,14 +17,6 @@ from itkm_lightning.data.transforms import test_transform
 from itkm_lightning.models.clip import CLIPImageEncoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# The folder format lives in embedding_files.py (light imports for `itkm search`); re-exported here.
-from itkm_lightning.tools.embedding_files import (  # noqa: E402,F401
-    FEATURES_FILE,
-    INDEX_FILE,
-    is_embedding_dir,
-    load_embeddings,
-    save_embeddings,
-)
 
 Encode = Callable[[dict], torch.Tensor]
 
