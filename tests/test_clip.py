@@ -11,17 +11,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from itkm_lightning.models.clip import (
-    BackboneConfig,
-    BackboneUnavailableError,
-    CLIPImageEncoder,
-    CLIPTextEncoder,
-    check_clip_layout,
-    clip_tokenizer,
-    load_clip_model,
-    resize_position_table,
-)
-from itkm_lightning.models.tokenizer import CLIP_VOCAB_SIZE, open_clip_bpe_path, write_clip_vocab_files
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder, resize_position_table
+from itkm_lightning.models.clip_loading import BackboneUnavailableError, check_clip_layout, load_clip_model
+from itkm_lightning.models.clip_text import CLIPTextEncoder
+from itkm_lightning.models.tokenizer import CLIP_VOCAB_SIZE, clip_tokenizer, open_clip_bpe_path, write_clip_vocab_files
 
 torch.set_num_threads(1)
 
