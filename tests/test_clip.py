@@ -186,6 +186,15 @@ def test_new_and_pretrained_parameters_partition(tiny_backbone):
     assert single.new_parameters() == []
 
 
+def test_checkpoint_keys_keep_their_order(tiny_backbone):
+    """Parameters are created and registered in one fixed order: seeded runs start from the same weights and
+    checkpoints keep their keys."""
+    keys = list(make_encoder(tiny_backbone).state_dict())
+    assert keys[:5] == ["class_embedding", "position_embedding", "scenario_embedding", "patch_embeddings.0.weight",
+                        "patch_embeddings.1.weight"]
+    assert keys[-2:] == ["post_layernorm.bias", "visual_projection.weight"]
+
+
 @pytest.mark.parametrize("config", ["ums.yaml", "demo.yaml", "smoke.yaml"])
 def test_optimizer_gives_lr_new_to_the_scenario_embedding_only(tiny_backbone, config):
     """The second patch branch is a copy of CLIP's convolution: it trains at the base lr, like branch 0;
