@@ -291,7 +291,7 @@ def child_evaluate(loop_queries: int = 300) -> dict:
 def _smoke_backbone():
     import yaml
 
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     return BackboneConfig(**yaml.safe_load((REPO / "conf/smoke.yaml").read_text())["model"]["backbone"])
 
@@ -299,7 +299,7 @@ def _smoke_backbone():
 def _demo_backbone():
     import yaml
 
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     return BackboneConfig(**yaml.safe_load((REPO / "conf/demo.yaml").read_text())["model"]["backbone"])
 
@@ -394,7 +394,7 @@ def child_extract(batches: int = 8, batch_size: int = 64, rounds: int = 2) -> di
     import torch
     import torch.nn.functional as F
 
-    from itkm_lightning.models.clip import CLIPImageEncoder
+    from itkm_lightning.models.clip_image import CLIPImageEncoder
 
     set_threads(THREADS)
     backbone = _demo_backbone()

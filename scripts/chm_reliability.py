@@ -23,7 +23,7 @@ from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.fileio import atomic_write_text
 from itkm_lightning.matching import group_centred_similarity, match_clusters
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1
 
 CRITERIA = [  # (name, centred similarity, reliability, threshold, quantile)

@@ -45,7 +45,7 @@ def sync(device: torch.device) -> None:
 
 
 def backbone_config(smoke: bool):
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     if smoke:
         return BackboneConfig(pretrained=False, image_size=(64, 32), projection_dim=16, vision=TINY,
@@ -139,7 +139,7 @@ def bench_train(device: torch.device, smoke: bool, steps: int, warmup: int) -> d
 
 
 def bench_extract(device: torch.device, smoke: bool, batches: int) -> dict:
-    from itkm_lightning.models.clip import CLIPImageEncoder
+    from itkm_lightning.models.clip_image import CLIPImageEncoder
 
     backbone = backbone_config(smoke)
     torch.manual_seed(0)

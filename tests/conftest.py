@@ -42,6 +42,6 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_backbone():
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     return BackboneConfig(**TINY_BACKBONE)

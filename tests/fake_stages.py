@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1
 
 

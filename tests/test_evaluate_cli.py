@@ -227,7 +227,7 @@ def test_evaluate_and_the_extractor_open_a_timm_model(synthetic_root, tmp_path):
     from itkm_lightning.config_files import source_of
     from itkm_lightning.handoffs import save_handoff
     from itkm_lightning.models.backbone import build_image_encoder
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
     from itkm_lightning.evaluation.benchmark import evaluate_benchmark
     from itkm_lightning.tools.features import embed_samples, encoder_features, samples_from_config
 

@@ -280,7 +280,7 @@ def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, sy
     reloaded = load_handoff(tmp_path / "handoff.pt")
     flat = json.dumps({k: v for k, v in reloaded.items() if k not in ("encoder", "labels", "blocks")})
     assert "optimizer" not in flat and not any("optimizer" in k or "memory" in k for k in reloaded["encoder"])
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     assert BackboneConfig(**reloaded["backbone"]) == tiny_backbone
 

@@ -16,16 +16,11 @@ import yaml
 
 from itkm_lightning.data import synthetic
 from itkm_lightning.data import synthetic_render as render
-from itkm_lightning.models.clip import (
-    BackboneConfig,
-    CLIPImageEncoder,
-    CLIPTextEncoder,
-    clip_tokenizer,
-    fit_square_position_table,
-    load_clip_model,
-    resize_position_table,
-    save_clip_directory,
-)
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder, resize_position_table
+from itkm_lightning.models.clip_loading import load_clip_model, save_clip_directory
+from itkm_lightning.models.clip_text import CLIPTextEncoder
+from itkm_lightning.models.tokenizer import clip_tokenizer
 from itkm_lightning.pretrain import cli
 from itkm_lightning.pretrain.captions import (
     BROAD_BUILD_ABOVE,
@@ -49,6 +44,7 @@ from itkm_lightning.pretrain.corpus import (
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 from itkm_lightning.pretrain.datamodule import CorpusDataModule, augment_batch
 from itkm_lightning.pretrain.module import CLIPPretraining, clip_contrastive_loss
+from itkm_lightning.pretrain.position_table import fit_square_position_table
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sources import SyntheticBenchmark
-from itkm_lightning.models.clip import CLIPImageEncoder
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 from itkm_lightning.stages.stage3 import Stage3
 
 CLUSTERING = ClusteringConfig(eps=0.7, min_samples=2, k1=6, k2=3)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.timm_tower import (
     DEEP_SORT_SOURCE,
     TimmImageEncoder,

@@ -319,7 +319,9 @@ def test_onnx_export_reports_missing_packages(trained, tmp_path, capsys):
 
 def test_a_pretrained_backbone_needs_only_its_config_to_open_a_checkpoint(tmp_path, tiny_backbone):
     """A checkpoint of a `pretrained: true` run opens from config.json alone (the weights come from the checkpoint)."""
-    from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, random_clip_model
+    from itkm_lightning.models.backbone_config import BackboneConfig
+    from itkm_lightning.models.clip_image import CLIPImageEncoder
+    from itkm_lightning.models.clip_loading import random_clip_model
 
     clip_dir = tmp_path / "clip"
     random_clip_model(tiny_backbone).save_pretrained(str(clip_dir))

@@ -337,7 +337,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from itkm_lightning.callbacks.guards import NonFiniteLossError
     from itkm_lightning.clustering.blocks import EmptyClusteringError
     from itkm_lightning.data.dataset import UnreadableImageError
-    from itkm_lightning.models.clip import BackboneUnavailableError
+    from itkm_lightning.models.clip_loading import BackboneUnavailableError
     from itkm_lightning.pipeline import StageOrderError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, ValidationError, BackboneUnavailableError,

@@ -35,7 +35,7 @@ def register_safe_types() -> None:
     from pydantic import BaseModel
 
     from itkm_lightning import config
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     own = [obj for obj in vars(config).values()
            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == config.__name__]

@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, fit_square_position_table, random_clip_model
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder
+from itkm_lightning.models.clip_loading import random_clip_model
+from itkm_lightning.pretrain.position_table import fit_square_position_table
 
 POSITION_TABLE_TOLERANCE = 1e-4
 """Largest difference allowed between the trained and the saved-then-resized position table."""

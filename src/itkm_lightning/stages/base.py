@@ -18,7 +18,7 @@ from itkm_lightning.config import OptimConfig
 from itkm_lightning.distributed import all_gather_variable
 from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.safe_load import register_safe_types
 
 # Resuming a stage built outside LightningCLI: Lightning's weights_only load meets our configs in its hparams.

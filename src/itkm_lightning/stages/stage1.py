@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from itkm_lightning.config import ClusteringConfig, OptimConfig
 from itkm_lightning.distributed import all_gather_variable
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.losses import cluster_nce
 from itkm_lightning.models.memory import ClusterMemory
 from itkm_lightning.stages.base import ReIDStage

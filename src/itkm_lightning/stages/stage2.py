@@ -35,15 +35,11 @@ from itkm_lightning.data.schema import SCENARIOS, Sample
 from itkm_lightning.data.transforms import test_transform
 from itkm_lightning.fileio import atomic_write
 from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import (
-    BackboneConfig,
-    CLIPTextEncoder,
-    PromptTemplate,
-    build_prompt_template,
-    clip_tokenizer,
-    load_clip_model,
-)
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_loading import load_clip_model
+from itkm_lightning.models.clip_text import CLIPTextEncoder, PromptTemplate, build_prompt_template
 from itkm_lightning.models.losses import scenario_separation, supervised_contrastive
+from itkm_lightning.models.tokenizer import clip_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.distributed import all_gather_variable, broadcast_tensor
 from itkm_lightning.matching import group_centred_similarity, instance_positives, match_clusters, partner_table
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.losses import chm_loss, cluster_nce, ihm_loss, text_contrastive_loss
 from itkm_lightning.models.memory import ClusterMemory
 from itkm_lightning.stages.base import ReIDStage

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 from itkm_lightning.fileio import atomic_path, atomic_write_json
-from itkm_lightning.models.clip import CLIPImageEncoder
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 from itkm_lightning.tools.model_source import load_image_encoder
 
 PARITY_TOLERANCE = 1e-5  # max |exported - eager| over the normalised features, checked after every export

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.schema import SCENARIOS, Sample
 from itkm_lightning.data.transforms import test_transform
-from itkm_lightning.models.clip import CLIPImageEncoder
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -9,7 +9,8 @@ import torch
 
 from itkm_lightning import safe_load
 from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 
 ENCODER_PREFIX = "encoder."
 # A run directory's finished stages, most trained first (stage2 trains text only: no image encoder).
