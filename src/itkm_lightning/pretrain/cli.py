@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from itkm_lightning.cli import ITKMArgumentParser
 from itkm_lightning.fileio import atomic_write_json, staging_directory
 from itkm_lightning.models.clip import BackboneConfig, clip_tokenizer, save_clip_directory
-from itkm_lightning.pretrain.corpus import CORPUS_VERSION, CorpusSpec
+from itkm_lightning.synthetic.corpus import CORPUS_VERSION, CorpusSpec
 from itkm_lightning.pretrain.datamodule import CorpusDataModule
 from itkm_lightning.pretrain.module import CLIPPretraining
 from itkm_lightning.pretrain.zero_shot import ZeroShotConfig, format_report, zero_shot_report
