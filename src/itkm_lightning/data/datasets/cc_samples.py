@@ -60,6 +60,14 @@ class SampleBuilder:
                 samples.append(self.sample(path, *labels))
         return samples
 
+    def flat_splits(self, pattern: str, make: Callable[[tuple[str, ...]], Labels],
+                    folders: tuple[str, str, str]) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """Train, query and gallery samples of three flat folders whose file names follow ``pattern``."""
+        self.folder("")
+        parse = regex_parser(self.name, pattern, make)
+        train, query, gallery = (self.flat_folder(f, parse) for f in folders)
+        return train, query, gallery
+
 
 def regex_parser(name: str, pattern: str, make: Callable[[tuple[str, ...]], Labels]) -> Callable[[str, Path], Labels | None]:
     """Parse a file name with ``pattern`` (matched at its start); pid -1 marks junk."""

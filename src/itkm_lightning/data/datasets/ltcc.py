@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from itkm_lightning.data.datasets.cc_samples import SCENARIO, Labels, SampleBuilder, regex_parser
+from itkm_lightning.data.datasets.cc_samples import SCENARIO, Labels, SampleBuilder
 from itkm_lightning.data.datasets.common import FolderSource, first_with_train
 from itkm_lightning.data.schema import BenchmarkSplit
 
@@ -42,9 +42,7 @@ class LTCC(FolderSource):
 
     def load(self, root: Path) -> list[BenchmarkSplit]:
         builder = SampleBuilder("LTCC", self.source, self.dataset_dir(root), LTCC_TREE)
-        builder.folder("")
-        parse = regex_parser("LTCC", LTCC_PATTERN, _ltcc_labels)
-        train, query, gallery = (builder.flat_folder(f, parse) for f in ("train", "query", "test"))
+        train, query, gallery = builder.flat_splits(LTCC_PATTERN, _ltcc_labels, ("train", "query", "test"))
         settings = [("ltcc_general", "market"), ("ltcc_cc", "cloth_changing")]
         if self.same_clothes:
             settings.append(("ltcc_sc", "same_clothes"))

@@ -32,6 +32,12 @@ class _MLRSource(DatasetSource):
     name: ClassVar[str]
 
     def __init__(self, path: str | None = None, single_gallery_shot: bool = False) -> None:
+        """
+        Args:
+            path: the set's folder (``MLR-Market1501``, ``MLR-CUHK03`` or ``MLR-VIPeR``), absolute or relative
+                to ``data.root``; default ``<root>/<that folder>``.
+            single_gallery_shot: also score ``<benchmark>_sgs`` with the literature's protocol (docs/protocols.md 5.7).
+        """
         self.path = path
         self.single_gallery_shot = single_gallery_shot
 
@@ -68,10 +74,6 @@ class MLRMarket1501(_MLRSource):
     """MLR-Market1501 (mlr-v1): LR queries of cameras 4-6 vs the HR gallery of cameras 1-3 with distractors.
 
     Benchmark ``mlr_market1501``. Build it with ``itkm prepare mlr --source market1501``.
-
-    Args:
-        path: the ``MLR-Market1501`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-Market1501``.
-        single_gallery_shot: also score ``mlr_market1501_sgs`` with the literature's protocol (docs/protocols.md 5.7).
     """
 
     source_key = "market1501"
@@ -82,10 +84,6 @@ class MLRCUHK03(_MLRSource):
     """MLR-CUHK03 (mlr-v1): LR second-camera queries vs HR first-camera gallery of a classic split's 100 test ids.
 
     Benchmark ``mlr_cuhk03``. Build it with ``itkm prepare mlr --source cuhk03``.
-
-    Args:
-        path: the ``MLR-CUHK03`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-CUHK03``.
-        single_gallery_shot: also score ``mlr_cuhk03_sgs`` with the literature's protocol (docs/protocols.md 5.7).
     """
 
     source_key = "cuhk03"
@@ -96,10 +94,6 @@ class MLRVIPeR(_MLRSource):
     """MLR-VIPeR (mlr-v1): LR ``cam_b`` queries vs HR ``cam_a`` gallery of 316 test ids.
 
     Benchmark ``mlr_viper``. Build it with ``itkm prepare mlr --source viper``.
-
-    Args:
-        path: the ``MLR-VIPeR`` folder, absolute or relative to ``data.root``; default ``<root>/MLR-VIPeR``.
-        single_gallery_shot: also score ``mlr_viper_sgs`` with the literature's protocol (docs/protocols.md 5.7).
     """
 
     source_key = "viper"

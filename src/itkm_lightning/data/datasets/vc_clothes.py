@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from itkm_lightning.data.datasets.cc_samples import SCENARIO, Labels, SampleBuilder, regex_parser
+from itkm_lightning.data.datasets.cc_samples import SCENARIO, Labels, SampleBuilder
 from itkm_lightning.data.datasets.common import FolderSource, first_with_train
 from itkm_lightning.data.schema import BenchmarkSplit
 
@@ -41,9 +41,7 @@ class VCClothes(FolderSource):
 
     def load(self, root: Path) -> list[BenchmarkSplit]:
         builder = SampleBuilder("VC-Clothes", self.source, self.dataset_dir(root), VCCLOTHES_TREE)
-        builder.folder("")
-        parse = regex_parser("VC-Clothes", VCCLOTHES_PATTERN, _vcclothes_labels)
-        train, query, gallery = (builder.flat_folder(f, parse) for f in ("train", "query", "gallery"))
+        train, query, gallery = builder.flat_splits(VCCLOTHES_PATTERN, _vcclothes_labels, ("train", "query", "gallery"))
         splits = []
         for setting, cameras in VCCLOTHES_SETTINGS.items():
             keep = (lambda s: True) if cameras is None else (lambda s, c=cameras: s.camid in c)
