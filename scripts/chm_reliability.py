@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from itkm_lightning.callbacks.heterogeneous import majority_identity
 from itkm_lightning.data.datamodule import ReIDDataModule
-from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.matching import group_centred_similarity, match_clusters
 from itkm_lightning.models.clip import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1

@@ -33,7 +33,7 @@ TINY_BACKBONE = {
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root holding the tiny synthetic benchmark, generated once per test session."""
-    from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+    from itkm_lightning.data.sources import SyntheticBenchmark
 
     root = tmp_path_factory.mktemp("data")
     SyntheticBenchmark(preset="tiny", seed=0).prepare(root)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from itkm_lightning.data.datamodule import ReIDDataModule
-from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+from itkm_lightning.data.sources import SyntheticBenchmark
 
 GROUND_TRUTH_KEYS = {"pid", "camid", "clothes", "identity", "path", "source"}
 

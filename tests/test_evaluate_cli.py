@@ -139,7 +139,7 @@ def test_test_sources_differ_from_the_training_sources(trained, synthetic_root, 
 def test_test_sources_in_the_datamodule(synthetic_root, tmp_path):
     from itkm_lightning.data.datamodule import ReIDDataModule
     from itkm_lightning.data.datasets import ImageFolder
-    from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+    from itkm_lightning.data.sources import SyntheticBenchmark
 
     labelled_folder_config(synthetic_root, tmp_path, as_test_sources=True)
     folder = ImageFolder(path=str(synthetic_root / "synthetic/tiny/cr"), scenario="cr",

@@ -148,7 +148,7 @@ def test_nan_loss_stops_naming_step_and_images_and_keeps_the_good_checkpoint(tmp
 def damaged_root(tmp_path, synthetic_root):
     """A copy of the tiny synthetic benchmark with one truncated training image and one empty gallery image."""
     from itkm_lightning.data.datamodule import ReIDDataModule
-    from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+    from itkm_lightning.data.sources import SyntheticBenchmark
 
     root = tmp_path / "data"
     shutil.copytree(synthetic_root, root)
@@ -164,7 +164,7 @@ def damaged_root(tmp_path, synthetic_root):
 def test_unreadable_images_skip_policy_reports_the_count_once(damaged_root):
     from itkm_lightning.data.datamodule import ReIDDataModule
     from itkm_lightning.data.dataset import UnreadableImageError
-    from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+    from itkm_lightning.data.sources import SyntheticBenchmark
 
     root, clean, train_path, gallery_path = damaged_root
     skip = ReIDDataModule([SyntheticBenchmark(preset="tiny")], root=str(root), num_workers=0, on_unreadable="skip")

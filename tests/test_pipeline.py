@@ -253,7 +253,7 @@ def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, sy
     from itkm_lightning.callbacks.pseudo_labels import cluster_blocks
     from itkm_lightning.config import ClusteringConfig
     from itkm_lightning.data.datamodule import ReIDDataModule
-    from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+    from itkm_lightning.data.sources import SyntheticBenchmark
     from itkm_lightning.stages.stage1 import Stage1
 
     dm = ReIDDataModule([SyntheticBenchmark(preset="tiny", seed=0)], root=str(synthetic_root), image_size=(64, 32),

@@ -48,7 +48,7 @@ def test_scenario_similarity_means_leave_out_self_similarity():
 
 def test_write_run_figures_writes_every_figure(tmp_path, synthetic_root, tiny_backbone):
     from itkm_lightning.data.datamodule import ReIDDataModule
-    from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+    from itkm_lightning.data.sources import SyntheticBenchmark
     from itkm_lightning.stages.stage1 import Stage1
 
     run_dir = tmp_path / "run"

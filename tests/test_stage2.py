@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.feature_batches import ScenarioMixingClusterSampler, scenario_quotas
-from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.models.clip import CLIPTextEncoder, build_prompt_template, clip_tokenizer, load_clip_model
 from itkm_lightning.models.losses import scenario_separation, supervised_contrastive
 from itkm_lightning.stages.stage2 import FEATURE_CACHE, Stage2, lr_factor

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.data.datamodule import ReIDDataModule
-from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.models.clip import CLIPImageEncoder
 from itkm_lightning.stages.stage3 import Stage3
 

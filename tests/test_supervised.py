@@ -18,7 +18,7 @@ from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sampler import PseudoIdentityBatchSampler
 from itkm_lightning.data.schema import SCENARIOS, Sample
-from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.stages.stage1 import Stage1
 from itkm_lightning.stages.supervised import SupervisedStage1
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from itkm_lightning.baselines import raw_pixel_results
 from itkm_lightning.data.datamodule import ReIDDataModule
-from itkm_lightning.synthetic.benchmark import SyntheticBenchmark
+from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, load_clip_model
 from itkm_lightning.stages.base import evaluate_benchmark
 

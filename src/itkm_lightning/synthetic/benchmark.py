@@ -1,4 +1,4 @@
-"""The embedded synthetic benchmark on disk: rendering, layout, loading, and its ``DatasetSource``.
+"""The embedded synthetic benchmark on disk: rendering, layout, loading (``data.sources.SyntheticBenchmark`` uses it).
 
 Layout written by :func:`ensure_synthetic` under ``<root>/<name>/``::
 
@@ -19,13 +19,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
-from itkm_lightning.data.sources import DatasetSource
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
 from itkm_lightning.synthetic.modalities import make_infrared_lut, to_low_resolution
 from itkm_lightning.synthetic.render import render_person
@@ -226,55 +224,3 @@ def load_synthetic(dataset_dir: str | os.PathLike) -> dict[str, BenchmarkSplit]:
         )
         getattr(split, row["split"]).append(sample)
     return {scenario: splits[scenario] for scenario in SCENARIOS if scenario in splits}
-
-
-class SyntheticBenchmark(DatasetSource):
-    """The embedded synthetic multi-scenario benchmark, generated into ``<root>/synthetic`` on first use.
-
-    Args:
-        preset: size preset: ``tiny`` (tests), ``demo`` (the 15-minute demo) or ``large``.
-        seed: generator seed; the same seed gives byte-identical images.
-        scenarios: which of ``vi``, ``cr``, ``cc`` to include.
-        train_ids: override the preset's training identities per scenario.
-        test_ids: override the preset's test identities per scenario.
-        images_per_camera: override the preset's images per identity and camera.
-        image_size: override the stored (H, W) of full-resolution images.
-    """
-
-    def __init__(
-        self,
-        preset: Literal["tiny", "demo", "large"] = "demo",
-        seed: int = 0,
-        scenarios: list[Literal["vi", "cr", "cc"]] | None = None,
-        train_ids: int | None = None,
-        test_ids: int | None = None,
-        images_per_camera: int | None = None,
-        image_size: tuple[int, int] | None = None,
-    ) -> None:
-        overrides: dict = {"seed": seed}
-        if scenarios is not None:
-            unknown = set(scenarios) - set(SCENARIOS)
-            if unknown or not scenarios:
-                raise ValueError(f"scenarios must be a non-empty subset of {list(SCENARIOS)}; got {scenarios}")
-            overrides["scenarios"] = tuple(scenarios)
-        for key, value in (("train_ids", train_ids), ("test_ids", test_ids), ("images_per_camera", images_per_camera)):
-            if value is not None:
-                overrides[key] = value
-        if image_size is not None:
-            overrides["image_height"], overrides["image_width"] = image_size
-        self.spec = SyntheticSpec.preset(preset).model_copy(update=overrides)
-        self.spec = SyntheticSpec.model_validate(self.spec.model_dump())
-
-    def check(self, root: Path) -> None:
-        """Nothing to check: the benchmark is generated on first use."""
-
-    def _dir(self, root: Path) -> Path:
-        return Path(root) / "synthetic"
-
-    def prepare(self, root: Path) -> None:
-        ensure_synthetic(self._dir(root), self.spec)
-
-    def load(self, root: Path) -> list[BenchmarkSplit]:
-        dataset_dir = ensure_synthetic(self._dir(root), self.spec)
-        splits = load_synthetic(dataset_dir)
-        return [splits[name] for name in SCENARIOS if name in splits]
