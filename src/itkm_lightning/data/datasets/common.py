@@ -149,6 +149,13 @@ def first_with_train(splits: list[BenchmarkSplit], train: list[Sample]) -> list[
     return splits
 
 
+def chosen_subset(values: Iterable[str] | None, allowed: tuple[str, ...], what: str) -> list[str]:
+    """``values`` as a list (all of ``allowed`` when None); it must be a non-empty subset of ``allowed``."""
+    chosen = list(allowed) if values is None else list(values)
+    if not chosen or any(v not in allowed for v in chosen):
+        raise ValueError(f"{what} must be a non-empty subset of {list(allowed)}; got {chosen}")
+    return chosen
+
 # ----------------------------------------------------------------------------- camera folders (SYSU-MM01, LLCM)
 def _id_folder(pid: int) -> str:
     return f"{pid:04d}"

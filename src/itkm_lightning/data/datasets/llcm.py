@@ -14,6 +14,7 @@ from itkm_lightning.data.datasets.common import (
     camera_number,
     candidates_and_trials,
     check_trials,
+    chosen_subset,
     first_with_train,
     missing_layout_error,
     no_images_error,
@@ -70,9 +71,7 @@ class LLCM(FolderSource):
         directions: list[Literal["i2v", "v2i"]] | None = None,
         trials: int = 10,
     ) -> None:
-        directions = ["i2v", "v2i"] if directions is None else list(directions)
-        if not directions or any(d not in ("i2v", "v2i") for d in directions):
-            raise ValueError(f"LLCM directions must be a non-empty subset of ['i2v', 'v2i']; got {directions}")
+        directions = chosen_subset(directions, ("i2v", "v2i"), "LLCM directions")
         check_trials(trials)
         self.path = path
         self.directions = directions

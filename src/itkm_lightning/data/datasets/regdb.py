@@ -10,6 +10,7 @@ from typing import Literal
 
 from itkm_lightning.data.datasets.common import (
     FolderSource,
+    chosen_subset,
     first_with_train,
     missing_layout_error,
     read_labelled_list,
@@ -55,9 +56,7 @@ class RegDB(FolderSource):
     ) -> None:
         if not 1 <= trial <= 10:
             raise ValueError(f"RegDB trial must be 1..10 (idx/*_<trial>.txt); got {trial}")
-        directions = ["v2t", "t2v"] if directions is None else list(directions)
-        if not directions or any(d not in ("v2t", "t2v") for d in directions):
-            raise ValueError(f"RegDB directions must be a non-empty subset of ['v2t', 't2v']; got {directions}")
+        directions = chosen_subset(directions, ("v2t", "t2v"), "RegDB directions")
         self.path = path
         self.trial = trial
         self.directions = directions

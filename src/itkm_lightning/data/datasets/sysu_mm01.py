@@ -16,6 +16,7 @@ from itkm_lightning.data.datasets.common import (
     camera_number,
     candidates_and_trials,
     check_trials,
+    chosen_subset,
     first_with_train,
     no_images_error,
     official_single_shot_draw,
@@ -93,10 +94,7 @@ class SYSUMM01(FolderSource):
         modes: list[Literal["all", "indoor"]] | None = None,
         trials: int = 10,
     ) -> None:
-        modes = ["all", "indoor"] if modes is None else list(modes)
-        unknown = [m for m in modes if m not in SYSU_GALLERY_CAMERAS]
-        if unknown or not modes:
-            raise ValueError(f"SYSU-MM01 modes must be a non-empty subset of ['all', 'indoor']; got {modes}")
+        modes = chosen_subset(modes, tuple(SYSU_GALLERY_CAMERAS), "SYSU-MM01 modes")
         check_trials(trials)
         self.path = path
         self.modes = modes
