@@ -9,7 +9,9 @@
 The recipe is docs/protocols.md section 6: designated LR cameras, one rate per LR image from
 ``numpy.random.default_rng(0).integers(2, 5, size=len(L))`` over the LR images sorted by source path,
 bicubic down-sampling to ``(max(1, W // r), max(1, H // r))``, PNG output named
-``<pid:04d>_c<cam>_<idx:04d>.png``, ``manifest.csv`` (one row per file) and ``meta.json``.
+``<pid:04d>_c<cam>_<idx:04d>.png``, ``manifest.csv`` (one row per file) and ``meta.json``. This module is
+only the command: the format (plan, writing, verifying, reading back) is ``data/datasets/mlr_format.py``
+and what each original dataset contributes is ``data/datasets/mlr_originals.py``.
 
 Re-running is safe and cheap. ``meta.json`` is written last, so a folder without it is an unfinished
 build: the next run keeps the images already written (each image is written to a temporary name and
@@ -67,8 +69,8 @@ def build_mlr(
             raise ValueError(f"{root} holds crops listed in {CROPS_LABELS}: name the test ids with --test-ids, "
                              "not --split/--boxes")
         to_range = parse_id_range
-        return write_mlr_folder(plan_cuhk03_crops(root, train_ids and to_range(train_ids), test_ids and to_range(test_ids)),
-                      dest, progress)
+        plan = plan_cuhk03_crops(root, train_ids and to_range(train_ids), test_ids and to_range(test_ids))
+        return write_mlr_folder(plan, dest, progress)
     if source == "cuhk03":
         with CUHK03Release(root, boxes or "labeled") as release:
             return write_mlr_folder(plan_cuhk03(release, split or 0), dest, progress)
