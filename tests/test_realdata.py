@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from itkm_lightning.data.datasets.cross_resolution import CUHK01, Market1501
+from itkm_lightning.data.datasets import CUHK01, Market1501
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_fit_on_cuhk01_with_the_tiny_backbone(cuhk01_dir, tmp_path):
         "data:\n"
         f"  root: {json.dumps(str(cuhk01_dir))}\n"
         "  sources:\n"
-        "    - class_path: itkm_lightning.data.datasets.cross_resolution.CUHK01\n"
+        "    - class_path: itkm_lightning.data.datasets.cuhk01.CUHK01\n"
         "      init_args: {scenario: cr, split: 0}\n"
     )
     run_dir = tmp_path / "run"

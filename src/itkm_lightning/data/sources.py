@@ -1,7 +1,8 @@
 """Dataset sources: each turns files on disk into ``BenchmarkSplit`` records.
 
-A config lists sources by ``class_path``; real-dataset parsers (SYSU-MM01, LTCC, MLR, ...) subclass
-``DatasetSource`` the same way.
+A config lists sources by ``class_path``; the real-dataset parsers (SYSU-MM01, LTCC, MLR, ...,
+``data/datasets/``) subclass ``DatasetSource`` the same way. ``SyntheticBenchmark`` is the data layer's
+view of the synthetic benchmark, which the ``itkm_lightning.synthetic`` package renders and stores.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class SyntheticBenchmark(DatasetSource):
         images_per_camera: int | None = None,
         image_size: tuple[int, int] | None = None,
     ) -> None:
-        from itkm_lightning.data.synthetic import SyntheticSpec
+        from itkm_lightning.synthetic.spec import SyntheticSpec
 
         overrides: dict = {"seed": seed}
         if scenarios is not None:
@@ -78,12 +79,12 @@ class SyntheticBenchmark(DatasetSource):
         return Path(root) / "synthetic"
 
     def prepare(self, root: Path) -> None:
-        from itkm_lightning.data.synthetic import ensure_synthetic
+        from itkm_lightning.synthetic.benchmark import ensure_synthetic
 
         ensure_synthetic(self._dir(root), self.spec)
 
     def load(self, root: Path) -> list[BenchmarkSplit]:
-        from itkm_lightning.data.synthetic import ensure_synthetic, load_synthetic
+        from itkm_lightning.synthetic.benchmark import ensure_synthetic, load_synthetic
 
         dataset_dir = ensure_synthetic(self._dir(root), self.spec)
         splits = load_synthetic(dataset_dir)

@@ -32,7 +32,7 @@ from itkm_lightning.fileio import atomic_write_json, staging_directory
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.clip_loading import save_clip_directory
 from itkm_lightning.models.tokenizer import clip_tokenizer
-from itkm_lightning.pretrain.corpus import CORPUS_VERSION, CorpusSpec
+from itkm_lightning.synthetic.corpus import CORPUS_VERSION, CorpusSpec
 from itkm_lightning.pretrain.datamodule import CorpusDataModule
 from itkm_lightning.pretrain.module import CLIPPretraining
 from itkm_lightning.pretrain.zero_shot import ZeroShotConfig, format_report, zero_shot_report

@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from itkm_lightning.data.dataset import load_rgb
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 from itkm_lightning.models.tokenizer import clip_tokenizer
-from itkm_lightning.pretrain.corpus import CorpusSpec, ensure_corpus, read_corpus
+from itkm_lightning.synthetic.corpus import CorpusSpec, ensure_corpus, read_corpus
 
 CONTEXT_LENGTH = 77
 """CLIP's text context; the corpus captions are far shorter (about 25 tokens at most)."""
