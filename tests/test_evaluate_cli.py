@@ -14,27 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "conf" / "smoke.yaml")
 
 
-@pytest.fixture()
-def trained(tmp_path, tiny_backbone):
-    """A Stage-I-only run directory (checkpoints/last.ckpt), its hand-over file, and the Stage1 module."""
-    from itkm_lightning.handoffs import save_handoff
-    from itkm_lightning.stages.stage1 import Stage1
-
-    torch.manual_seed(3)
-    stage = Stage1(backbone=tiny_backbone)
-    with torch.no_grad():  # away from the init: a model that failed to load would score differently
-        for param in stage.encoder.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    run_dir = tmp_path / "run"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
-                "pytorch-lightning_version": "2.6"}, ckpt)
-    handoff = tmp_path / "other" / "stage1" / "handoff.pt"
-    save_handoff(handoff, {"stage": "stage1", "encoder": stage.encoder_state(), "backbone": tiny_backbone.model_dump()})
-    return run_dir, handoff, stage.eval()
-
-
 def reference_scores(stage, configs: list[str], overrides: list[str], rerank=None) -> dict:
     """What `itkm fit` records for this module: its own retrieval features through the datamodule's loaders."""
     from itkm_lightning.cli import parse_fit_config

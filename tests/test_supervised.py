@@ -105,7 +105,7 @@ def test_only_the_supervised_stage_reads_ground_truth(tiny_backbone):
     assert not any(getattr(cls, "reads_ground_truth", False) for cls in (Stage1, Stage2, Stage3))
     fitting = SimpleNamespace(state=SimpleNamespace(fn="fit"))
     stage1, supervised = Stage1(backbone=tiny_backbone), SupervisedStage1(backbone=tiny_backbone)
-    stage1._trainer = supervised._trainer = fitting
+    stage1.trainer = supervised.trainer = fitting
     assert [type(c) for c in stage1.configure_callbacks()] == [PseudoLabelCallback]
     assert [type(c) for c in supervised.configure_callbacks()] == [GroundTruthLabelCallback]
 
