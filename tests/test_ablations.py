@@ -12,7 +12,7 @@ import yaml
 
 from conftest import TINY_BACKBONE
 from itkm_lightning.cli import main
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1
 from itkm_lightning.stages.stage3 import Stage3
 from test_stage2 import build_stage2, datamodule  # noqa: F401 - the module-scoped fixture is used below

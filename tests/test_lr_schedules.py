@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from itkm_lightning.config import OptimConfig
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.pretrain.module import CLIPPretraining
 from itkm_lightning.stages.stage1 import Stage1
 from itkm_lightning.stages.stage2 import Stage2
