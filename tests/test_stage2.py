@@ -15,7 +15,7 @@ from itkm_lightning.data.feature_batches import ScenarioMixingClusterSampler, sc
 from itkm_lightning.data.sources import SyntheticBenchmark
 from itkm_lightning.models.clip import CLIPTextEncoder, build_prompt_template, clip_tokenizer, load_clip_model
 from itkm_lightning.models.losses import scenario_separation, supervised_contrastive
-from itkm_lightning.stages.stage2 import FEATURE_CACHE, Stage2, lr_factor
+from itkm_lightning.stages.stage2 import FEATURE_CACHE, Stage2
 
 # ------------------------------------------------------------------------------------------------ losses
 
@@ -49,12 +49,6 @@ def test_separation_loss_is_zero_for_one_scenario_and_still_differentiable():
     loss = scenario_separation(features, torch.zeros(5, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(features.grad) == 0
-
-
-def test_lr_factor_warms_up_then_decays():
-    assert lr_factor(0, 100, 10, 0.1, 0.01) == pytest.approx(0.1)
-    assert lr_factor(10, 100, 10, 0.1, 0.01) == pytest.approx(1.0)
-    assert lr_factor(100, 100, 10, 0.1, 0.01) == pytest.approx(0.01)
 
 
 # ------------------------------------------------------------------------------------------------ text side

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from itkm_lightning.evaluation import (
 )
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.lr_schedule import warmup_scheduler
 from itkm_lightning.safe_load import register_safe_types
 
 # Resuming a stage built outside LightningCLI: Lightning's weights_only load meets our configs in its hparams.
@@ -237,17 +237,9 @@ class ReIDStage(L.LightningModule):
         if new:
             groups.append({"params": [p for p in new if p.requires_grad], "lr": self.optim.lr_new})
         optimizer = torch.optim.Adam(groups, weight_decay=self.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def _lr_factor(self, epoch: int) -> float:
         cfg = self.optim
-        if epoch < cfg.warmup_epochs:
-            return 0.1 + 0.9 * epoch / cfg.warmup_epochs
-        if cfg.schedule == "constant":
-            return 1.0
-        if cfg.schedule == "step":
-            return cfg.step_gamma ** sum(epoch >= e for e in cfg.step_epochs)
-        total = max(1, (self.trainer.max_epochs or 1) - cfg.warmup_epochs)
-        progress = min(1.0, (epoch - cfg.warmup_epochs) / total)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        # Per epoch: warm-up from 0.1, then cosine to 0.01 over the trainer's epochs (or step decay / constant).
+        scheduler = warmup_scheduler(optimizer, warmup=cfg.warmup_epochs, start=0.1, floor=0.01, decay=cfg.schedule,
+                                     total=self.trainer.max_epochs or 1, milestones=tuple(cfg.step_epochs),
+                                     gamma=cfg.step_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -15,7 +15,6 @@ back on load. The cached image features live next to it in ``<run_dir>/stage2/fe
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from itkm_lightning.models.clip import (
     load_clip_model,
 )
 from itkm_lightning.models.losses import scenario_separation, supervised_contrastive
+from itkm_lightning.lr_schedule import warmup_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -398,11 +398,8 @@ class Stage2(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         warmup = round(hp.warmup_epochs * total / epochs)
-
-        def factor(step: int) -> float:
-            return lr_factor(step, total, warmup, hp.warmup_factor, hp.min_lr_factor)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = warmup_scheduler(optimizer, warmup=warmup, start=hp.warmup_factor, floor=hp.min_lr_factor,
+                                     total=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- checkpoints
@@ -423,10 +420,3 @@ class Stage2(L.LightningModule):
             for name in ("cluster_scenario", "cluster_block"):
                 setattr(self, name, torch.zeros_like(state[name], device=self.prompts.device))
 
-
-def lr_factor(step: int, total: int, warmup: int, warmup_factor: float, min_factor: float) -> float:
-    """Linear warm-up from ``warmup_factor`` to 1 over ``warmup`` steps, then cosine down to ``min_factor``."""
-    if step < warmup:
-        return warmup_factor + (1.0 - warmup_factor) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
