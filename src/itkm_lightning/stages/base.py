@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -25,6 +26,7 @@ from itkm_lightning.evaluation import (
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.clip import BackboneConfig
 from itkm_lightning.lr_schedule import warmup_scheduler
+from itkm_lightning.handoffs import EncoderHandoff, Handoff
 from itkm_lightning.safe_load import register_safe_types
 
 # Resuming a stage built outside LightningCLI: Lightning's weights_only load meets our configs in its hparams.
@@ -97,6 +99,8 @@ class ReIDStage(L.LightningModule):
     stage_name = "stage"
     evaluates_images = True  # the pipeline validates the final weights and records results[stage_name]
     reads_ground_truth = False  # only the supervised reference (stages/supervised.py) trains on true identities
+    receives: ClassVar[Mapping[str, type[Handoff]]] = {}  # an image stage starts from the backbone
+    checkpoint_omits: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -169,9 +173,9 @@ class ReIDStage(L.LightningModule):
         finally:
             self.to(home)
 
-    # ---------------------------------------------------------------- pipeline protocol (pipeline.py)
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
-        """Take what finished stages handed over (``{"stage1": {...}, ...}``); called before every fit, resumes too."""
+    # ---------------------------------------------------------------- stage contract (stages/protocol.py)
+    def receive_handoff(self, handoffs: Mapping[str, Handoff]) -> None:
+        """Take the hand-overs of ``receives`` (none here); called before every fit, resumes too."""
 
     def fit_kwargs(self, datamodule: L.LightningDataModule, stage_dir: Path) -> dict:
         """Arguments of ``trainer.fit`` besides the module and ``ckpt_path``."""
@@ -182,10 +186,14 @@ class ReIDStage(L.LightningModule):
         return {k: (v.float() if v.is_floating_point() else v).detach().cpu().clone()
                 for k, v in self.encoder.state_dict().items()}
 
-    def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
+    def make_handoff(self, datamodule: L.LightningDataModule) -> EncoderHandoff:
         """What the next stage receives (weights only, never optimizer state); every rank calls it after fit."""
-        return {"stage": self.stage_name, "encoder": self.encoder_state(),
-                "backbone": self.backbone_config.model_dump()}
+        return EncoderHandoff(stage=self.stage_name, encoder=self.encoder_state(),
+                              backbone=self.backbone_config.model_dump())
+
+    def extra_results(self) -> dict[str, dict]:
+        """Nothing beside the benchmark scores."""
+        return {}
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
