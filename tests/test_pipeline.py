@@ -25,6 +25,7 @@ from itkm_lightning.pipeline import (
     selected_stage,
     stage_trainer_kwargs,
 )
+from itkm_lightning.stages.protocol import ImageStage, Stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,6 +133,13 @@ class Run:
 
     def __call__(self) -> None:
         self.pipeline.run(only=self.only)
+
+
+def test_stand_ins_follow_the_stage_contract(tiny_backbone):
+    from fake_stages import FakeStage2, FakeStage3
+
+    assert isinstance(ScalarStage("stage1", True), ImageStage) and isinstance(ScalarStage("stage2", False), Stage)
+    assert isinstance(FakeStage2(), Stage) and isinstance(FakeStage3(backbone=tiny_backbone), ImageStage)
 
 
 def test_three_stages_run_in_order_and_hand_over(tmp_path):
