@@ -104,12 +104,14 @@ def test_stage2_rates_per_step_follow_the_recipe(tiny_backbone, settings, max_ep
                                       for s in range(steps + 2)]
 
 
-@pytest.mark.parametrize("warmup, max_steps", [(5, 30), (4, -1), (10, 8), (0, 13)])
+@pytest.mark.parametrize("warmup, max_steps", [(5, 30), (4, -1), (10, 8), (0, 13), (3, None)])
 def test_pretraining_rates_per_step_follow_the_recipe(tiny_backbone, warmup, max_steps):
     from itkm_lightning.pretrain.module import CLIPPretraining
 
     backbone = tiny_backbone.model_copy(update={"vision": {**tiny_backbone.vision, "image_size": 64}})
     module = CLIPPretraining(backbone=backbone, warmup_steps=warmup, lr=1e-3)
+    trainer = None if max_steps is None else SimpleNamespace(max_steps=max_steps)  # None: no Trainer, no decay
+    max_steps = -1 if max_steps is None else max_steps
     steps = max(max_steps, 10) + 2
-    seen = rates(module, SimpleNamespace(max_steps=max_steps), steps)
+    seen = rates(module, trainer, steps)
     assert [group for group in seen] == [[1e-3 * pretrain_factor(s, warmup, max_steps)] * 2 for s in range(steps)]

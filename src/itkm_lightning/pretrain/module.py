@@ -154,7 +154,7 @@ class CLIPPretraining(L.LightningModule):
         )
         # Per step: warm-up to lr (the first step already at lr / warmup_steps), then cosine to zero at
         # trainer.max_steps; constant when max_steps is unset or within the warm-up.
-        total = self.trainer.max_steps  # -1 when unset
+        total = self.trainer.max_steps if self._trainer is not None else -1  # -1: unset
         scheduler = warmup_scheduler(optimizer, warmup=self.warmup_steps, start=0.0, counts_current=True,
                                      decay="cosine" if total > self.warmup_steps else "constant", total=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

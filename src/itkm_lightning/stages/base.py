@@ -247,7 +247,8 @@ class ReIDStage(L.LightningModule):
         optimizer = torch.optim.Adam(groups, weight_decay=self.optim.weight_decay)
         cfg = self.optim
         # Per epoch: warm-up from 0.1, then cosine to 0.01 over the trainer's epochs (or step decay / constant).
+        # Without a Trainer (tests, tools) the optimiser is still built; only a cosine needs the epochs.
+        epochs = self._trainer.max_epochs if self._trainer is not None else None
         scheduler = warmup_scheduler(optimizer, warmup=cfg.warmup_epochs, start=0.1, floor=0.01, decay=cfg.schedule,
-                                     total=self.trainer.max_epochs or 1, milestones=tuple(cfg.step_epochs),
-                                     gamma=cfg.step_gamma)
+                                     total=epochs or 1, milestones=tuple(cfg.step_epochs), gamma=cfg.step_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
