@@ -7,6 +7,7 @@ one slow test runs ``itkm fit`` with the real Stage I and the stand-ins of tests
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
+from itkm_lightning.handoffs import Handoff, Stage1Handoff, handoff_path, load_handoff, save_handoff
 from itkm_lightning.pipeline import (
     Pipeline,
     StageOrderError,
@@ -24,17 +25,32 @@ from itkm_lightning.pipeline import (
     selected_stage,
     stage_trainer_kwargs,
 )
+from itkm_lightning.stages.protocol import ImageStage, Stage
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@dataclass(eq=False)
+class ScalarHandoff(Handoff):
+    weights: dict[str, torch.Tensor]
+    received: list[str]
+    epochs_run: list[int]
+
+
 class ScalarStage(L.LightningModule):
-    """A stage protocol stand-in: one weight pulled towards 1; 'evaluates' by reporting the weight."""
+    """A stage-contract stand-in (stages/protocol.py): one weight pulled towards 1; 'evaluates' by reporting it."""
+
+    checkpoint_omits = ()
+    backbone_config = None
+    rerank = None
 
     def __init__(self, name: str, evaluates_images: bool, crash_at_epoch: int | None = None) -> None:
         super().__init__()
         self.stage_name = name
         self.evaluates_images = evaluates_images
+        # What a stage of this name reads, as the real stages declare it (the supervised reference: nothing).
+        before = {"stage2": ["stage1"], "stage3": ["stage1", "stage2"]}.get(name, [])
+        self.receives = {n: ScalarHandoff for n in before}
         self.crash_at_epoch = crash_at_epoch
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.received: dict = {}
@@ -42,10 +58,10 @@ class ScalarStage(L.LightningModule):
         self.benchmark_results: dict = {}
         self.benchmark_results_step = -1
 
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
+    def receive_handoff(self, handoffs: dict[str, Handoff]) -> None:
         self.received = handoffs
         if "stage1" in handoffs:  # continue from the predecessor's weights, as Stage III does
-            self.weight.data.copy_(handoffs["stage1"]["weights"]["weight"])
+            self.weight.data.copy_(handoffs["stage1"].weights["weight"])
 
     def fit_kwargs(self, datamodule, stage_dir: Path) -> dict:
         return {"datamodule": datamodule}
@@ -71,9 +87,12 @@ class ScalarStage(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    def make_handoff(self, datamodule) -> dict:
-        return {"stage": self.stage_name, "weights": {"weight": self.weight.detach().clone()},
-                "received": sorted(self.received), "epochs_run": list(self.epochs_run)}
+    def make_handoff(self, datamodule) -> ScalarHandoff:
+        return ScalarHandoff(stage=self.stage_name, weights={"weight": self.weight.detach().clone()},
+                             received=sorted(self.received), epochs_run=list(self.epochs_run))
+
+    def extra_results(self) -> dict:
+        return {}
 
 
 class ToyData(L.LightningDataModule):
@@ -114,6 +133,13 @@ class Run:
 
     def __call__(self) -> None:
         self.pipeline.run(only=self.only)
+
+
+def test_stand_ins_follow_the_stage_contract(tiny_backbone):
+    from fake_stages import FakeStage2, FakeStage3
+
+    assert isinstance(ScalarStage("stage1", True), ImageStage) and isinstance(ScalarStage("stage2", False), Stage)
+    assert isinstance(FakeStage2(), Stage) and isinstance(FakeStage3(backbone=tiny_backbone), ImageStage)
 
 
 def test_three_stages_run_in_order_and_hand_over(tmp_path):
@@ -260,9 +286,11 @@ def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, sy
                         test_batch_size=64, num_workers=0)
     dm.setup("fit")
     model = Stage1(backbone=tiny_backbone, clustering=ClusteringConfig(eps=0.7, min_samples=2, k1=6, k2=3))
-    handoff = model.make_handoff(dm)
+    made = model.make_handoff(dm)
+    assert isinstance(made, Stage1Handoff)
+    handoff = made.to_dict()
 
-    assert set(handoff) == {"stage", "encoder", "labels", "blocks", "block_names", "paths", "backbone"}
+    assert list(handoff) == ["stage", "encoder", "backbone", "labels", "blocks", "block_names", "paths"]
     assert handoff["stage"] == "stage1"
     expected = cluster_blocks(model.extract(dm.cluster_dataloader()).numpy(), dm.block_of_index, model.clustering)
     assert torch.equal(handoff["labels"], torch.from_numpy(expected)) and handoff["labels"].dtype == torch.long
@@ -283,6 +311,11 @@ def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, sy
     from itkm_lightning.models.backbone_config import BackboneConfig
 
     assert BackboneConfig(**reloaded["backbone"]) == tiny_backbone
+    # What Stage II / III receive from the file is what they would get in the same process.
+    received, direct = Stage1Handoff.from_dict(reloaded), Stage1Handoff.from_dict(handoff)
+    for key in ("labels", "blocks"):
+        assert torch.equal(getattr(received, key), getattr(direct, key))
+    assert (received.block_names, received.paths) == (direct.block_names, direct.paths)
 
 
 # ------------------------------------------------------------------ the command

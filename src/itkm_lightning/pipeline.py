@@ -21,9 +21,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
 from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
-from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
+from itkm_lightning.handoffs import Handoff, handoff_path, load_handoff, save_handoff
 from itkm_lightning.results import ResultsFile, Timings
 from itkm_lightning.safe_load import register_safe_types
+from itkm_lightning.stages.protocol import Stage
 
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 DEFAULT_STAGE_CLASSES = {
@@ -172,7 +173,7 @@ class Pipeline:
         self.seed = seed
         self.rerank = rerank
         self.results = ResultsFile(self.run_dir / "results.json")
-        self.handoffs: dict[str, dict] = {}  # this process's hand-overs, in memory (every rank has them)
+        self.handoffs: dict[str, dict] = {}  # hand-overs as saved (to_dict), in memory (every rank has them)
         self.final_module: L.LightningModule | None = None  # the last image model trained in this process
         self.final_trainer: L.Trainer | None = None
 
@@ -245,7 +246,7 @@ class Pipeline:
         module = spec.build()
         if hasattr(module, "rerank"):
             module.rerank = self.rerank
-        module.receive_handoff(self._predecessor_handoffs(name))
+        module.receive_handoff(self._predecessor_handoffs(name, module))
         # The newest good end-of-epoch checkpoint, or a newer mid-epoch one that a SLURM requeue (SIGUSR1) left.
         resume = ckpt_path or newest_checkpoint(resume_checkpoint(stage_dir / "checkpoints"),
                                                 requeue_checkpoint(stage_dir))
@@ -275,10 +276,10 @@ class Pipeline:
             rank_zero_info(f"{name}: no labelled benchmark to score; pseudo-labels at epoch {last['epoch']}: "
                            + "; ".join(f"{b}: {v['num_clusters']} clusters, {v['num_outliers']} outliers"
                                        for b, v in last["blocks"].items()))
-        for key, payload in (getattr(module, "extra_results", lambda: {})() or {}).items():
+        for key, payload in module.extra_results().items():
             self.results.record_raw(key, payload, write=trainer.is_global_zero)
         with timings.part(f"handoff_{name}"):
-            handoff = module.make_handoff(self.datamodule)
+            handoff = module.make_handoff(self.datamodule).to_dict()
             if trainer.is_global_zero:
                 save_handoff(handoff_path(self.run_dir, name), handoff)
         self.handoffs[name] = handoff
@@ -301,14 +302,18 @@ class Pipeline:
                 return history
         return []
 
-    def _predecessor_handoffs(self, name: str) -> dict[str, dict]:
-        """Hand-overs of the finished stages before ``name``: from this process when it made them, else from disk."""
+    def _predecessor_handoffs(self, name: str, module: Stage) -> dict[str, Handoff]:
+        """The hand-overs ``module`` receives, of the finished stages before ``name``: from this process when it
+        made them, else from disk; either way through the type's ``from_dict``, so the stage gets the same."""
         handoffs = {}
         for before in self.predecessors(name):
+            kind = module.receives.get(before)
+            if kind is None:
+                continue
             if before not in self.handoffs and self.finished(before):
                 self.handoffs[before] = load_handoff(handoff_path(self.run_dir, before))
             if before in self.handoffs:
-                handoffs[before] = self.handoffs[before]
+                handoffs[before] = kind.from_dict(self.handoffs[before])
         return handoffs
 
     def _baselines(self, module: L.LightningModule, trainer: L.Trainer, timings: Timings) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from itkm_lightning.lr_schedule import warmup_scheduler
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.clip_image import CLIPImageEncoder
 from itkm_lightning.models.clip_loading import random_clip_model
@@ -154,17 +155,12 @@ class CLIPPretraining(L.LightningModule):
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr, betas=self.betas, eps=self.eps, fused=fused,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        # Per step: warm-up to lr (the first step already at lr / warmup_steps), then cosine to zero at
+        # trainer.max_steps; constant when max_steps is unset or within the warm-up.
+        total = self.trainer.max_steps if self._trainer is not None else -1  # -1: unset
+        scheduler = warmup_scheduler(optimizer, warmup=self.warmup_steps, start=0.0, counts_current=True,
+                                     decay="cosine" if total > self.warmup_steps else "constant", total=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else None
-        if total is None or total <= self.warmup_steps:
-            return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / (total - self.warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     # ---------------------------------------------------------------- export
     def to_clip_model(self):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -19,6 +19,8 @@ from itkm_lightning.distributed import all_gather_variable
 from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.lr_schedule import warmup_scheduler
+from itkm_lightning.handoffs import EncoderHandoff, Handoff
 from itkm_lightning.safe_load import register_safe_types
 
 # Resuming a stage built outside LightningCLI: Lightning's weights_only load meets our configs in its hparams.
@@ -40,6 +42,8 @@ class ReIDStage(L.LightningModule):
     stage_name = "stage"
     evaluates_images = True  # the pipeline validates the final weights and records results[stage_name]
     reads_ground_truth = False  # only the supervised reference (stages/supervised.py) trains on true identities
+    receives: ClassVar[Mapping[str, type[Handoff]]] = {}  # an image stage starts from the backbone
+    checkpoint_omits: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -112,9 +116,9 @@ class ReIDStage(L.LightningModule):
         finally:
             self.to(home)
 
-    # ---------------------------------------------------------------- pipeline protocol (pipeline.py)
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
-        """Take what finished stages handed over (``{"stage1": {...}, ...}``); called before every fit, resumes too."""
+    # ---------------------------------------------------------------- stage contract (stages/protocol.py)
+    def receive_handoff(self, handoffs: Mapping[str, Handoff]) -> None:
+        """Take the hand-overs of ``receives`` (none here); called before every fit, resumes too."""
 
     def fit_kwargs(self, datamodule: L.LightningDataModule, stage_dir: Path) -> dict:
         """Arguments of ``trainer.fit`` besides the module and ``ckpt_path``."""
@@ -125,10 +129,14 @@ class ReIDStage(L.LightningModule):
         return {k: (v.float() if v.is_floating_point() else v).detach().cpu().clone()
                 for k, v in self.encoder.state_dict().items()}
 
-    def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
+    def make_handoff(self, datamodule: L.LightningDataModule) -> EncoderHandoff:
         """What the next stage receives (weights only, never optimizer state); every rank calls it after fit."""
-        return {"stage": self.stage_name, "encoder": self.encoder_state(),
-                "backbone": self.backbone_config.model_dump()}
+        return EncoderHandoff(stage=self.stage_name, encoder=self.encoder_state(),
+                              backbone=self.backbone_config.model_dump())
+
+    def extra_results(self) -> dict[str, dict]:
+        """Nothing beside the benchmark scores."""
+        return {}
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -180,17 +188,10 @@ class ReIDStage(L.LightningModule):
         if new:
             groups.append({"params": [p for p in new if p.requires_grad], "lr": self.optim.lr_new})
         optimizer = torch.optim.Adam(groups, weight_decay=self.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def _lr_factor(self, epoch: int) -> float:
         cfg = self.optim
-        if epoch < cfg.warmup_epochs:
-            return 0.1 + 0.9 * epoch / cfg.warmup_epochs
-        if cfg.schedule == "constant":
-            return 1.0
-        if cfg.schedule == "step":
-            return cfg.step_gamma ** sum(epoch >= e for e in cfg.step_epochs)
-        total = max(1, (self.trainer.max_epochs or 1) - cfg.warmup_epochs)
-        progress = min(1.0, (epoch - cfg.warmup_epochs) / total)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        # Per epoch: warm-up from 0.1, then cosine to 0.01 over the trainer's epochs (or step decay / constant).
+        # Without a Trainer (tests, tools) the optimiser is still built; only a cosine needs the epochs.
+        epochs = self._trainer.max_epochs if self._trainer is not None else None
+        scheduler = warmup_scheduler(optimizer, warmup=cfg.warmup_epochs, start=0.1, floor=0.01, decay=cfg.schedule,
+                                     total=epochs or 1, milestones=tuple(cfg.step_epochs), gamma=cfg.step_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
