@@ -43,7 +43,7 @@ def stage3_setup(synthetic_root):
     torch.manual_seed(0)
     dm = make_datamodule(synthetic_root)
     handoffs = fake_handoffs(dm, _tiny())
-    labels = handoffs["stage1"]["labels"]
+    labels = handoffs["stage1"].labels
     probe = _stage3(dm, handoffs)
     features = probe.extract(dm.cluster_dataloader())
     dm.set_pseudo_labels(labels.numpy())

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from itkm_lightning.config import OptimConfig
+from itkm_lightning.handoffs import Stage1Handoff
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.pretrain.module import CLIPPretraining
 from itkm_lightning.stages.stage1 import Stage1
@@ -115,8 +116,9 @@ def test_stage2_rates_per_step_for_the_prompt_words_only(tiny_backbone):
     module = Stage2(backbone=tiny_backbone, lr=1e-3, warmup_epochs=2, warmup_factor=0.1, min_lr_factor=0.01,
                     extract_device="cpu")
     labels = torch.tensor([0, 0, 1, 1, -1, 2])
-    module.receive_handoff({"stage1": {"labels": labels, "blocks": torch.tensor([0, 0, 1, 1, 1, 0]),
-                                       "block_names": [("vi", 0), ("cr", 0)]}})
+    module.receive_handoff({"stage1": Stage1Handoff(
+        stage="stage1", encoder={}, backbone={}, labels=labels, blocks=torch.tensor([0, 0, 1, 1, 1, 0]),
+        block_names=[("vi", 0), ("cr", 0)], paths=[f"{i}.png" for i in range(6)])})
     steps_per_epoch, epochs = 5, 4
     interval, seen = rates(attach(module, max_epochs=epochs, steps_per_epoch=steps_per_epoch), epochs * steps_per_epoch)
     assert interval == "step"
