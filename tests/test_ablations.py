@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = sorted((REPO / "conf" / "ablations").glob("*.yaml"))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from itkm_lightning import prepare
-from itkm_lightning.cli import main as itkm_main
+from itkm_lightning.command import main as itkm_main
 from itkm_lightning.data.datasets.cross_resolution import MLRCUHK03, MLRMarket1501, MLRVIPeR
 from itkm_lightning.prepare import build_mlr
 

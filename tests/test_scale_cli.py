@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itkm_lightning.cli import ITKMCLI, main
+from itkm_lightning.cli import ITKMCLI
+from itkm_lightning.command import main
 from itkm_lightning.config import WandbConfig
-from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
+from itkm_lightning.resume import newest_checkpoint, requeue_checkpoint
 from itkm_lightning.tracking import WANDB_ID_FILE, default_run_dir, stable_run_id, wandb_logger
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from itkm_lightning.errors import ITKMError
 
-class ConfigFileError(ValueError):
+
+class ConfigFileError(ITKMError, ValueError):
     """A ``--config`` file that is not valid YAML, is empty, or is not a mapping of settings."""
 
 

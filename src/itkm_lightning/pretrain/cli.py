@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from itkm_lightning.cli import ITKMArgumentParser
+from itkm_lightning.argument_parser import ITKMArgumentParser
 from itkm_lightning.fileio import atomic_write_json, staging_directory
 from itkm_lightning.models.clip import BackboneConfig, clip_tokenizer, save_clip_directory
 from itkm_lightning.pretrain.corpus import CORPUS_VERSION, CorpusSpec

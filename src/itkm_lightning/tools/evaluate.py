@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     if (out / "run.json").is_file():  # a run directory holds one run: its results.json is the run's own
         raise ValueError(f"--out {out} is a training run directory; write the evaluation elsewhere "
                          f"(e.g. --out {out / 'evaluate'})")
-    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.fit_config import parse_fit_config
     from itkm_lightning.config import RerankConfig
     from itkm_lightning.config_files import source_of
 
