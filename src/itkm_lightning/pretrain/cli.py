@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -52,7 +53,7 @@ def build_parser() -> ITKMArgumentParser:
     parser.add_argument("--eval", action=ActionYesNo, default=False,
                         help="score the model zero-shot on the synthetic benchmark and write <out>/eval.json")
     parser.add_argument("--seed_everything", type=int, default=0, help="seed of the weights' init and of training")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--threads", type=NonNegativeInt, default=2, help="torch CPU threads (0: leave torch's default)")
     parser.add_class_arguments(CLIPPretraining, "model")
     parser.add_class_arguments(CorpusDataModule, "data")
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
@@ -72,8 +73,6 @@ def _check_config(cfg: Namespace) -> None:
     for key in ("callbacks", "logger", "plugins"):
         if cfg.trainer.get(key):
             raise ValueError(f"trainer.{key} is set by `itkm pretrain` itself (progress bar, CSV log); remove it.")
-    if cfg.threads < 0:
-        raise ValueError(f"threads must be >= 0; got {cfg.threads}")
 
 
 def _plain(value: Any) -> Any:
