@@ -42,7 +42,7 @@ def add_stage_arguments(parser) -> None:
     its init args given directly or under ``init_args``; ``backbone`` is linked from ``model.backbone``."""
     for name, class_path in DEFAULT_STAGE_CLASSES.items():
         parser.add_subclass_arguments(
-            L.LightningModule, name, required=False, instantiate=False, default={"class_path": class_path},
+            L.LightningModule, name, required=True, instantiate=False, default={"class_path": class_path},
             help=f"the {name} module (default {class_path}); its backbone is model.backbone",
         )
         parser.link_arguments("model.backbone", f"{name}.init_args.backbone")

@@ -26,6 +26,7 @@ from itkm_lightning.results import ResultsFile, Timings
 from itkm_lightning.safe_load import register_safe_types
 from itkm_lightning.trainer_setup import TrainerSetup
 
+
 class StageOrderError(ITKMError, RuntimeError):
     """A stage was asked for before the stages it builds on have finished."""
 
