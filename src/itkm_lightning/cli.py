@@ -11,6 +11,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from itkm_lightning.config_files import expand_path, run_name
+from itkm_lightning.errors import ConfigError, DataUnavailableError
 from itkm_lightning.fit_config import FitConfigCLI
 from itkm_lightning.tracking import default_run_dir, finish_wandb
 
@@ -37,7 +38,7 @@ class ITKMCLI(FitConfigCLI):
             cfg.ckpt_path = str(expand_path(cfg.ckpt_path))
         if "weights_only" in cfg:
             if cfg.weights_only is False:
-                raise ValueError("--weights_only false is not supported: a checkpoint could run code when loaded")
+                raise ConfigError("--weights_only false is not supported: a checkpoint could run code when loaded")
             cfg.weights_only = True  # Lightning's own checkpoint loading, too (our config classes are allow-listed)
         self._run_plan = None
         if self.subcommand in (None, "fit"):
@@ -76,11 +77,8 @@ class ITKMCLI(FitConfigCLI):
                 source_of(entry).check(root)
             except (FileNotFoundError, NotADirectoryError, ValueError) as err:
                 problems.append(str(err).strip())
-        if len(problems) == 1:
-            raise FileNotFoundError(problems[0])
-        if problems:  # all of them at once: fixing one, rerunning and meeting the next costs a job each time
-            raise FileNotFoundError(f"{len(problems)} configured datasets are not usable:\n"
-                                    + "\n".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+        if problems:
+            raise DataUnavailableError.listing(problems)
 
     @property
     def run_dir(self) -> Path:

@@ -18,9 +18,26 @@ class ITKMError(Exception):
     """Base of the project's error classes: a message that names the problem and the fix."""
 
 
+class ConfigError(ITKMError, ValueError):
+    """A setting or argument that cannot work as given."""
+
+
+class DataUnavailableError(ITKMError, FileNotFoundError):
+    """Configured data (a dataset, a config file) that is not there or not in the expected layout."""
+
+    @classmethod
+    def listing(cls, problems: list[str]) -> DataUnavailableError:
+        """One error for every problem at once: fixing one, rerunning and meeting the next costs a job each time."""
+        if len(problems) == 1:
+            return cls(problems[0])
+        return cls(f"{len(problems)} configured datasets are not usable:\n"
+                   + "\n".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+
+
 def builtin_user_errors() -> tuple[type[BaseException], ...]:
     """The builtin kinds (and pydantic's ``ValidationError``) that project code still raises with a message for
-    the user; reported as one line like :class:`ITKMError`."""
+    the user; reported as one line like :class:`ITKMError`. Shrinks to ``ValidationError`` once the modules that
+    still raise bare ``ValueError``/``FileNotFoundError``/``ImportError`` for the user raise project errors."""
     from pydantic import ValidationError
 
     return (ValueError, FileNotFoundError, NotADirectoryError, ImportError, ValidationError)

@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from itkm_lightning.argument_parser import ITKMArgumentParser
 from itkm_lightning.config_files import check_config_files, expand_path
+from itkm_lightning.errors import ConfigError
 
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 DEFAULT_STAGE_CLASSES = {
@@ -33,7 +34,7 @@ def selected_stage(value: str | None) -> str | None:
         return None
     name = f"stage{value}" if str(value).isdigit() else str(value)
     if name not in (*STAGE_NAMES, SUPERVISED):
-        raise ValueError(f"--stage must be one of {', '.join(STAGE_CHOICES)}; got {value!r}")
+        raise ConfigError(f"--stage must be one of {', '.join(STAGE_CHOICES)}; got {value!r}")
     return name
 
 

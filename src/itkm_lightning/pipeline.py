@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from itkm_lightning.checkpoints import check_resumable
-from itkm_lightning.errors import ITKMError
+from itkm_lightning.errors import ConfigError, ITKMError
 from itkm_lightning.fit_config import DEFAULT_STAGE_CLASSES, SUPERVISED, build_section
 from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
 from itkm_lightning.resume import stage_resume_checkpoint
@@ -51,7 +51,7 @@ class StageSpec:
             return self.module
         module = build_section(L.LightningModule, self.name, self.section)
         if getattr(module, "stage_name", self.name) != self.name:
-            raise ValueError(f"{self.name}.class_path {self.section.class_path} is a {module.stage_name} module; "
+            raise ConfigError(f"{self.name}.class_path {self.section.class_path} is a {module.stage_name} module; "
                              f"set {self.name}.class_path to a {self.name} class")
         return module
 
@@ -145,7 +145,7 @@ class Pipeline:
         """The stages this command trains, after checking that it can (nothing has run yet)."""
         if only is not None and only not in self.names:
             hint = " (the supervised reference runs when the config sets supervised.enabled: true)" if only == SUPERVISED else ""
-            raise ValueError(f"--stage {only}: this run has the stages {', '.join(self.names)}{hint}")
+            raise ConfigError(f"--stage {only}: this run has the stages {', '.join(self.names)}{hint}")
         chosen = self.stages if only is None else [self.stages[self.names.index(only)]]
         if only is not None:
             for before in self.predecessors(only):
@@ -159,7 +159,7 @@ class Pipeline:
     def check(self, only: str | None = None, ckpt_path: str | None = None) -> list[StageSpec]:
         """The stages to train, or the reason this command cannot run (before anything is written)."""
         if ckpt_path is not None and only is None:
-            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
+            raise ConfigError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
         return self.plan(only)
 
     # ------------------------------------------------------------ run
