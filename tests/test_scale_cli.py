@@ -44,6 +44,10 @@ def test_ddp_timeout_is_a_trainer_strategy_setting(synthetic_root, tmp_path):
                         "--trainer.strategy.timeout=1:30:00"], run=False)
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.strategy._timeout == timedelta(hours=1, minutes=30)
+    # A later stage gets its own strategy object built from the same section (one is bound to its first Trainer).
+    later = cli.trainer_setup.build("stage2")
+    assert isinstance(later.strategy, DDPStrategy) and later.strategy is not cli.trainer.strategy
+    assert later.strategy._timeout == timedelta(hours=1, minutes=30)
 
 
 # ------------------------------------------------------------------ SLURM
