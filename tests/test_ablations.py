@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from conftest import TINY_BACKBONE
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1
 from itkm_lightning.stages.stage3 import Stage3

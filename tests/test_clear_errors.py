@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,3 +206,18 @@ def test_weights_only_false_is_refused(tmp_path, capsys):
     line = one_line_error(["fit", *smoke(tmp_path, "--weights_only", "false")], capsys)
     assert "--weights_only false is not supported" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
+    from itkm_lightning.errors import ConfigError
+
+    def tool(error):
+        def run(argv):
+            raise error
+        return run
+
+    monkeypatch.setattr("itkm_lightning.tools.report.main", tool(ConfigError("--x 3: must be even; pass --x 4")))
+    assert one_line_error(["report"], capsys) == "itkm report: error: --x 3: must be even; pass --x 4"
+    monkeypatch.setattr("itkm_lightning.tools.report.main", tool(KeyError("a bug")))
+    with pytest.raises(KeyError, match="a bug"):
+        main(["report"])

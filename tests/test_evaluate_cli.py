@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "conf" / "smoke.yaml")
@@ -16,7 +16,7 @@ SMOKE = str(REPO / "conf" / "smoke.yaml")
 
 def reference_scores(stage, configs: list[str], overrides: list[str], rerank=None) -> dict:
     """What `itkm fit` records for this module: its own retrieval features through the datamodule's loaders."""
-    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.fit_config import parse_fit_config
     from itkm_lightning.config_files import source_of
     from itkm_lightning.data.datamodule import ReIDDataModule
     from itkm_lightning.evaluation.benchmark import evaluate_benchmark
@@ -202,7 +202,7 @@ def test_evaluate_on_cuhk01_real_images(rerank, trained, tmp_path):
 # ------------------------------------------------------------------ the timm image tower (model.backbone.kind: timm)
 def test_evaluate_and_the_extractor_open_a_timm_model(synthetic_root, tmp_path):
     from itkm_lightning import FeatureExtractor
-    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.fit_config import parse_fit_config
     from itkm_lightning.config_files import source_of
     from itkm_lightning.handoffs import save_handoff
     from itkm_lightning.models.backbone import build_image_encoder

@@ -15,7 +15,7 @@ import torch
 from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback
 from itkm_lightning.clustering import blocks as block_clustering
 from itkm_lightning.clustering.blocks import EmptyClusteringError, drop_degenerate_blocks
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 from itkm_lightning.config import ClusteringConfig
 from itkm_lightning.data.schema import Sample
 
@@ -120,7 +120,7 @@ def test_all_outliers_stop_the_cli_then_a_wider_eps_resumes(tmp_path, synthetic_
 @pytest.mark.slow
 def test_nan_loss_stops_naming_step_and_images_and_keeps_the_good_checkpoint(tmp_path, synthetic_root, monkeypatch,
                                                                             capsys):
-    from itkm_lightning.checkpoints import resume_checkpoint
+    from itkm_lightning.resume import resume_checkpoint
     from itkm_lightning.stages.stage1 import Stage1
 
     original = Stage1.training_step

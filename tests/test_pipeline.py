@@ -16,16 +16,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from itkm_lightning.fit_config import selected_stage
 from itkm_lightning.handoffs import Handoff, Stage1Handoff, handoff_path, load_handoff, save_handoff
-from itkm_lightning.pipeline import (
-    Pipeline,
-    StageOrderError,
-    StageSpec,
-    StageUnavailableError,
-    selected_stage,
-    stage_trainer_kwargs,
-)
+from itkm_lightning.pipeline import Pipeline, StageOrderError, StageSpec
 from itkm_lightning.stages.protocol import ImageStage, Stage
+from itkm_lightning.trainer_setup import stage_trainer_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,6 +100,29 @@ class ToyData(L.LightningDataModule):
         return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=2)
 
 
+class ToyStageSpec(StageSpec):
+    """A stage built by the test (``builder(name)``), so that it can count builds."""
+
+    def __init__(self, name: str, builder, independent: bool = False) -> None:
+        super().__init__(name, independent=independent)
+        object.__setattr__(self, "builder", builder)
+
+    def build(self):
+        return self.builder(self.name)
+
+
+class ToyTrainers:
+    """Small CPU Trainers with the stage's own folder, checkpoints and logs (trainer_setup.stage_trainer_kwargs)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def build(self, stage: str) -> L.Trainer:
+        return L.Trainer(**stage_trainer_kwargs(self.run_dir / stage), max_epochs=3, accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         log_every_n_steps=1, check_val_every_n_epoch=100)
+
+
 class Run:
     """A pipeline over three ScalarStages in ``run_dir``, counting which stages were built."""
 
@@ -120,16 +138,11 @@ class Run:
             self.modules[name] = ScalarStage(name, evaluates_images=name != "stage2", crash_at_epoch=crash.get(name))
             return self.modules[name]
 
-        specs = [StageSpec(n, (lambda n=n: build(n))) for n in ("stage1", "stage2", "stage3")]
+        specs = [ToyStageSpec(n, build) for n in ("stage1", "stage2", "stage3")]
         if supervised:  # the supervised reference: starts from the backbone, as stage1 does
-            specs.append(StageSpec("supervised", lambda: build("supervised"), independent=True))
-        self.pipeline = Pipeline(run_dir, ToyData(), specs, make_trainer=self.trainer, command="itkm fit --config x.yaml")
+            specs.append(ToyStageSpec("supervised", build, independent=True))
+        self.pipeline = Pipeline(run_dir, ToyData(), specs, ToyTrainers(run_dir), command="itkm fit --config x.yaml")
         self.only = only
-
-    def trainer(self, stage: str) -> L.Trainer:
-        return L.Trainer(**stage_trainer_kwargs(self.run_dir / stage), max_epochs=3, accelerator="cpu",
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                         check_val_every_n_epoch=100)
 
     def __call__(self) -> None:
         self.pipeline.run(only=self.only)
@@ -212,14 +225,12 @@ def test_single_stage_needs_its_predecessors(tmp_path):
     assert only2.built == ["stage2"] and not handoff_path(tmp_path, "stage3").exists()
 
 
-def test_unavailable_stage_fails_before_anything_trains(tmp_path):
-    pipeline = Pipeline(tmp_path, ToyData(), [
-        StageSpec("stage1", lambda: pytest.fail("must not be built")),
-        StageSpec("stage2", lambda: pytest.fail("must not be built"), unavailable="stage2 cannot run: no module"),
-    ], make_trainer=lambda stage: pytest.fail("no trainer"), command="itkm fit")
-    with pytest.raises(StageUnavailableError, match="stage2 cannot run"):
-        pipeline.run()
-    assert not any(tmp_path.iterdir())
+def test_a_stage_section_of_another_stage_is_refused(tmp_path):
+    from itkm_lightning.fit_config import parse_fit_config
+
+    cfg = parse_fit_config([str(REPO / "conf/smoke.yaml")], ["--stage2.class_path", "itkm_lightning.stages.stage3.Stage3"])
+    with pytest.raises(ValueError, match="stage2.class_path itkm_lightning.stages.stage3.Stage3 is a stage3 module"):
+        StageSpec("stage2", section=cfg.stage2).build()
 
 
 def test_supervised_reference_runs_last_from_the_start_and_hands_nothing_on(tmp_path):
@@ -332,7 +343,7 @@ def _fake_stages_config(tmp_path: Path, **stage2_args) -> Path:
 
 
 def test_cli_single_stage_without_predecessor_is_one_line(tmp_path, capsys):
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "conf/smoke.yaml"), "--config", str(_fake_stages_config(tmp_path)),
@@ -347,7 +358,7 @@ def test_cli_single_stage_without_predecessor_is_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_runs_three_stages_and_resumes_a_crashed_one(tmp_path, synthetic_root, capsys):
     """Real Stage I, stand-in Stages II and III (tests/fake_stages.py) through `itkm fit`."""
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     run_dir = tmp_path / "run"
     args = ["fit", "--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),

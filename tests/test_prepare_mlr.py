@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from itkm_lightning.cli import main as itkm_main
+from itkm_lightning.command import main as itkm_main
 from itkm_lightning.data.datasets import MLRCUHK03, MLRMarket1501, MLRVIPeR, mlr_format
 from itkm_lightning.prepare import build_mlr
 

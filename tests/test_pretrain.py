@@ -379,7 +379,7 @@ def test_a_failed_run_leaves_nothing_that_looks_finished(tmp_path, synthetic_roo
     ],
 )
 def test_bad_settings_give_one_clear_line(tmp_path, synthetic_root, capsys, args, expected):
-    from itkm_lightning.cli import main as itkm
+    from itkm_lightning.command import main as itkm
 
     with pytest.raises(SystemExit) as exit_info:
         itkm(["pretrain", *tiny_config(tmp_path, synthetic_root), *args])

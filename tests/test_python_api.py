@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_importing_the_package_loads_no_model_code():
 
 # ------------------------------------------------------------------ short names
 def test_short_names_are_the_sources_with_their_defaults(tmp_path):
-    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.fit_config import parse_fit_config
     from itkm_lightning.config_files import source_of
     from itkm_lightning.data.datasets import LTCC, MLRCUHK03, SYSUMM01
     from itkm_lightning.data.names import SHORT_NAMES

@@ -75,7 +75,7 @@ def test_market_loader_parses_the_real_names(market_dir):
 
 @pytest.mark.slow
 def test_fit_on_cuhk01_with_the_tiny_backbone(cuhk01_dir, tmp_path):
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     override = tmp_path / "cuhk01.yaml"
     override.write_text(

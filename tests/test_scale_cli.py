@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itkm_lightning.cli import ITKMCLI, main
+from itkm_lightning.cli import ITKMCLI
+from itkm_lightning.command import main
 from itkm_lightning.config import WandbConfig
-from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
+from lightning.pytorch.strategies import DDPStrategy
+from itkm_lightning.resume import newest_checkpoint, requeue_checkpoint
 from itkm_lightning.tracking import WANDB_ID_FILE, default_run_dir, stable_run_id, wandb_logger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +51,12 @@ def test_ddp_timeout_from_the_config_reaches_the_process_group(synthetic_root, t
         monkeypatch.setenv(name, os.environ.get(name, "localhost" if name == "MASTER_ADDR" else "29500"))
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # the set-up re-seeds from it
     cli.trainer.strategy.setup_distributed()
+    assert asked["timeout"] == timedelta(hours=1, minutes=30)
+    # A later stage gets its own strategy object built from the same section (one is bound to its first Trainer).
+    later = cli.trainer_setup.build("stage2")
+    assert isinstance(later.strategy, DDPStrategy) and later.strategy is not cli.trainer.strategy
+    asked.clear()
+    later.strategy.setup_distributed()
     assert asked["timeout"] == timedelta(hours=1, minutes=30)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO_CONF_SMOKE = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / "smoke.yaml"
 from itkm_lightning.data import transforms

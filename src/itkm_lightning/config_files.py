@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from itkm_lightning.errors import ConfigError
 
-class ConfigFileError(ValueError):
+
+class ConfigFileError(ConfigError):
     """A ``--config`` file that is not valid YAML, is empty, or is not a mapping of settings."""
 
 
@@ -76,10 +78,10 @@ def source_class(class_path: str) -> type:
     try:
         found = import_object(class_path)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"data.sources: class_path {class_path!r} cannot be imported ({err}); "
+        raise ConfigError(f"data.sources: class_path {class_path!r} cannot be imported ({err}); "
                          "see data/README.md for the dataset classes") from None
     if not (isinstance(found, type) and issubclass(found, DatasetSource)):
-        raise ValueError(f"data.sources: class_path {class_path!r} is not a dataset source (a subclass of "
+        raise ConfigError(f"data.sources: class_path {class_path!r} is not a dataset source (a subclass of "
                          "itkm_lightning.data.sources.DatasetSource); see data/README.md for the dataset classes")
     return found
 
@@ -96,6 +98,6 @@ def source_of(entry) -> object:
         return source_class(class_path_of(entry))()
     get = entry.get
     if not get("class_path"):
-        raise ValueError(f"data.sources: {entry!r} is neither a dataset short name nor a class_path entry")
+        raise ConfigError(f"data.sources: {entry!r} is neither a dataset short name nor a class_path entry")
     init = get("init_args")
     return source_class(get("class_path"))(**(init.as_dict() if hasattr(init, "as_dict") else dict(init or {})))

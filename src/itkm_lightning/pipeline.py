@@ -10,52 +10,32 @@ from the backbone as Stage I does, needs and receives no hand-over, and runs aft
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
-from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
+from itkm_lightning.checkpoints import check_resumable
+from itkm_lightning.errors import ConfigError, ITKMError
+from itkm_lightning.fit_config import DEFAULT_STAGE_CLASSES, SUPERVISED, build_section
 from itkm_lightning.handoffs import Handoff, handoff_path, load_handoff, save_handoff
+from itkm_lightning.resume import stage_resume_checkpoint
 from itkm_lightning.results import ResultsFile, Timings
 from itkm_lightning.safe_load import register_safe_types
 from itkm_lightning.stages.protocol import Stage
-
-STAGE_NAMES = ("stage1", "stage2", "stage3")
-DEFAULT_STAGE_CLASSES = {
-    "stage2": "itkm_lightning.stages.stage2.Stage2",
-    "stage3": "itkm_lightning.stages.stage3.Stage3",
-}
-SUPERVISED = "supervised"  # the supervised reference step (stages/supervised.py), off unless configured
-STAGE_CHOICES = ("all", *STAGE_NAMES, SUPERVISED, "1", "2", "3")
+from itkm_lightning.trainer_setup import TrainerSetup
 
 
-class StageOrderError(RuntimeError):
+class StageOrderError(ITKMError, RuntimeError):
     """A stage was asked for before the stages it builds on have finished."""
-
-
-class StageUnavailableError(ImportError):
-    """A stage to run has no importable class."""
-
-
-def selected_stage(value: str | None) -> str | None:
-    """``--stage``: ``all``/None -> None (every stage), ``2`` or ``stage2`` -> ``stage2``, ``supervised``."""
-    if value in (None, "all"):
-        return None
-    name = f"stage{value}" if str(value).isdigit() else str(value)
-    if name not in (*STAGE_NAMES, SUPERVISED):
-        raise ValueError(f"--stage must be one of {', '.join(STAGE_CHOICES)}; got {value!r}")
-    return name
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage of the run: how to build its module, and why it cannot be built (None when it can).
+    """One stage of the run and how its module is built: given already (``module``: Stage I, built by the CLI),
+    or from its parsed ``class_path``/``init_args`` section when the stage runs.
 
     ``independent``: the stage starts from the backbone, not from the stages before it (the supervised
     reference): it needs and receives no hand-over, no stage waits for it, and its model is not the run's
@@ -63,69 +43,39 @@ class StageSpec:
     """
 
     name: str
-    build: Callable[[], L.LightningModule]
-    unavailable: str | None = None
+    module: L.LightningModule | None = None
+    section: Any = None
     independent: bool = False
 
-
-def add_stage_arguments(parser) -> None:
-    """``stage2:`` / ``stage3:`` sections: a LightningModule by ``class_path`` (default: the project's stage), with
-    its init args given directly or under ``init_args``; ``backbone`` is linked from ``model.backbone``.
-
-    The stage classes are imported only when a config names them or their module exists, so an installation
-    without a stage module still parses, prints its config and trains the stages it has.
-    """
-    for name, class_path in DEFAULT_STAGE_CLASSES.items():
-        present = importlib.util.find_spec(class_path.rsplit(".", 1)[0]) is not None
-        parser.add_subclass_arguments(
-            L.LightningModule, name, required=False, instantiate=False,
-            default={"class_path": class_path} if present else None,
-            help=f"the {name} module (default {class_path}); its backbone is model.backbone",
-        )
-        parser.link_arguments("model.backbone", f"{name}.init_args.backbone")
+    def build(self) -> L.LightningModule:
+        if self.module is not None:
+            return self.module
+        module = build_section(L.LightningModule, self.name, self.section)
+        if getattr(module, "stage_name", self.name) != self.name:
+            raise ConfigError(f"{self.name}.class_path {self.section.class_path} is a {module.stage_name} module; "
+                             f"set {self.name}.class_path to a {self.name} class")
+        return module
 
 
-def stage_trainer_kwargs(stage_dir: Path, seed: int = 0) -> dict:
-    """Where and how a stage's Trainer writes: rolling end-of-epoch checkpoints in ``checkpoints/`` (written
-    atomically; what resuming reads), ``logs/metrics.csv`` (kept across resumes), and the fault guards
-    (docs/reliability.md). The CLI adds the user's trainer section; tests build small Trainers from this."""
-    from itkm_lightning.checkpoints import AtomicCheckpointIO, fault_tolerance_callbacks, rolling_checkpoints
-    from itkm_lightning.loggers import ResumableCSVLogger
+@dataclass(frozen=True)
+class SupervisedSpec(StageSpec):
+    """The supervised reference, built from Stage I's module and ``supervised:`` (a SupervisedConfig)."""
 
-    return {
-        "default_root_dir": str(stage_dir),
-        "logger": ResumableCSVLogger(save_dir=str(stage_dir), name="", version="logs"),
-        "callbacks": [rolling_checkpoints(Path(stage_dir) / "checkpoints"), *fault_tolerance_callbacks(seed)],
-        "plugins": [AtomicCheckpointIO()],
-    }
+    stage1: L.LightningModule | None = None
+    supervised: Any = None
+    independent: bool = True
 
-
-def instantiate_stage(name: str, section) -> L.LightningModule:
-    """Build a stage from its parsed ``class_path``/``init_args`` section, only when the stage runs."""
-    from jsonargparse import ArgumentParser, Namespace
-
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(L.LightningModule, name, required=False)
-    module = parser.instantiate_classes(Namespace(**{name: section}))[name]
-    if getattr(module, "stage_name", name) != name:
-        raise ValueError(f"{name}.class_path {section.class_path} is a {module.stage_name} module; "
-                         f"set {name}.class_path to a {name} class")
-    return module
+    def build(self) -> L.LightningModule:
+        return supervised_stage(self.stage1, self.supervised)
 
 
 def stage_specs(stage1: L.LightningModule, cfg, supervised=None) -> list[StageSpec]:
     """The stages of a parsed ``fit`` config: ``model`` (built already), ``stage2``, ``stage3``, and the
     ``supervised`` reference when ``supervised`` (a :class:`~itkm_lightning.config.SupervisedConfig`) enables it."""
-    specs = [StageSpec("stage1", lambda: stage1)]
-    for name, class_path in DEFAULT_STAGE_CLASSES.items():
-        section = cfg.get(name)
-        unavailable = None
-        if section is None:
-            unavailable = (f"{name} cannot run: this installation has no {class_path} and the config sets no "
-                           f"{name}.class_path; run the stages before it alone with --stage")
-        specs.append(StageSpec(name, partial(instantiate_stage, name, section), unavailable))
+    specs = [StageSpec("stage1", module=stage1)]
+    specs += [StageSpec(name, section=cfg.get(name)) for name in DEFAULT_STAGE_CLASSES]
     if supervised is not None and supervised.enabled:
-        specs.append(StageSpec(SUPERVISED, partial(supervised_stage, stage1, supervised), independent=True))
+        specs.append(SupervisedSpec(SUPERVISED, stage1=stage1, supervised=supervised))
     return specs
 
 
@@ -153,7 +103,8 @@ class Pipeline:
         run_dir: where results.json, timings.json and one folder per stage go.
         datamodule: shared by every stage (set up once).
         stages: the stages, in order.
-        make_trainer: a fresh Trainer for a stage (its checkpoints and logs under ``<run_dir>/<stage>``).
+        trainers: builds each stage's Trainer (its checkpoints and logs under ``<run_dir>/<stage>``).
+        stage1_trainer: Stage I's Trainer when the CLI built it already (LightningCLI builds one Trainer itself).
         command: the command that reruns this run without ``--stage`` (quoted in errors).
         seed: re-seeded before each stage is built, so a stage starts the same in a new process or the same one.
         rerank: ``evaluation.rerank`` (a RerankConfig) or None: every benchmark of every results row, baselines
@@ -161,14 +112,15 @@ class Pipeline:
     """
 
     def __init__(self, run_dir: str | Path, datamodule: L.LightningDataModule, stages: list[StageSpec],
-                 make_trainer: Callable[[str], L.Trainer], command: str, seed: int | None = None,
-                 rerank=None) -> None:
+                 trainers: TrainerSetup, command: str, seed: int | None = None, rerank=None,
+                 stage1_trainer: L.Trainer | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.datamodule = datamodule
         self.stages = list(stages)
         self.names = [s.name for s in self.stages]
         self.independent = {s.name for s in self.stages if s.independent}
-        self.make_trainer = make_trainer
+        self.trainers = trainers
+        self.stage1_trainer = stage1_trainer
         self.command = command
         self.seed = seed
         self.rerank = rerank
@@ -194,7 +146,7 @@ class Pipeline:
         """The stages this command trains, after checking that it can (nothing has run yet)."""
         if only is not None and only not in self.names:
             hint = " (the supervised reference runs when the config sets supervised.enabled: true)" if only == SUPERVISED else ""
-            raise ValueError(f"--stage {only}: this run has the stages {', '.join(self.names)}{hint}")
+            raise ConfigError(f"--stage {only}: this run has the stages {', '.join(self.names)}{hint}")
         chosen = self.stages if only is None else [self.stages[self.names.index(only)]]
         if only is not None:
             for before in self.predecessors(only):
@@ -203,16 +155,12 @@ class Pipeline:
                         f"{only} needs the hand-over of {before} ({handoff_path(self.run_dir, before)}), which does "
                         f"not exist: run `{self.command} --stage {before}` first (or drop --stage to run every stage)"
                     )
-        todo = [s for s in chosen if not self.finished(s.name)]
-        for spec in todo:
-            if spec.unavailable:
-                raise StageUnavailableError(spec.unavailable)
-        return todo
+        return [s for s in chosen if not self.finished(s.name)]
 
     def check(self, only: str | None = None, ckpt_path: str | None = None) -> list[StageSpec]:
         """The stages to train, or the reason this command cannot run (before anything is written)."""
         if ckpt_path is not None and only is None:
-            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
+            raise ConfigError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
         return self.plan(only)
 
     # ------------------------------------------------------------ run
@@ -224,19 +172,24 @@ class Pipeline:
             rank_zero_info(f"{done} already finished in {self.run_dir}; pass another --run_dir to train again")
             self.results.print()  # no Trainer has launched other processes yet: this is the only one
             return False
-        trainer = self.make_trainer(todo[0].name)
+        trainer = self._trainer(todo[0].name)
         timings = Timings(self.run_dir / "timings.json", write=trainer.is_global_zero)
         if trainer.local_rank == 0:  # other ranks wait at Lightning's own prepare_data barrier
             with timings.part("data"):
                 self.datamodule.prepare_data()
         for i, spec in enumerate(todo):
-            trainer = trainer if i == 0 else self.make_trainer(spec.name)
+            trainer = trainer if i == 0 else self._trainer(spec.name)
             if not self._run_stage(spec, trainer, timings, ckpt_path if only else None):
                 return False
         if trainer.is_global_zero:
             self.results.print()
             timings.print()
         return True
+
+    def _trainer(self, name: str) -> L.Trainer:
+        if name == "stage1" and self.stage1_trainer is not None:
+            return self.stage1_trainer
+        return self.trainers.build(name)
 
     def _run_stage(self, spec: StageSpec, trainer: L.Trainer, timings: Timings, ckpt_path: str | None) -> bool:
         """Train one stage, record its results, write its hand-over; False when it was interrupted."""
@@ -248,8 +201,7 @@ class Pipeline:
             module.rerank = self.rerank
         module.receive_handoff(self._predecessor_handoffs(name, module))
         # The newest good end-of-epoch checkpoint, or a newer mid-epoch one that a SLURM requeue (SIGUSR1) left.
-        resume = ckpt_path or newest_checkpoint(resume_checkpoint(stage_dir / "checkpoints"),
-                                                requeue_checkpoint(stage_dir))
+        resume = ckpt_path or stage_resume_checkpoint(stage_dir)
         if resume is not None:
             check_resumable(resume, module)  # another stage or backbone: one clear line, not a shape traceback
             rank_zero_info(f"resuming {name} from {resume}")

@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 
+from itkm_lightning.errors import ITKMError
 
-class UnsafeFileError(ValueError):
+
+class UnsafeFileError(ITKMError, ValueError):
     """A file that would need arbitrary code (not just data) to load; nothing of it was executed."""
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(ITKMError, ValueError):
     """A file that exists but is not a PyTorch file (truncated, empty, another format)."""
 
 

@@ -12,9 +12,10 @@ from torchmetrics.functional.clustering import adjusted_rand_score, normalized_m
 from itkm_lightning.clustering.labels import cluster
 from itkm_lightning.config import ClusteringConfig
 from itkm_lightning.distributed import broadcast_tensor, jaccard_row_share, rank_and_world_size, sharded_knn
+from itkm_lightning.errors import ITKMError
 
 
-class EmptyClusteringError(RuntimeError):
+class EmptyClusteringError(ITKMError, RuntimeError):
     """No block produced two clusters or more: there is nothing to train on."""
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 
 from itkm_lightning.models.backbone_config import DEFAULT_CLIP, BackboneConfig
+from itkm_lightning.errors import ITKMError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ TEXT_ONLY_VISION = {"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers
                     "image_size": 32, "patch_size": 32}
 
 
-class BackboneUnavailableError(RuntimeError):
+class BackboneUnavailableError(ITKMError, RuntimeError):
     """Pretrained CLIP weights could not be loaded (offline without a local copy, missing directory...)."""
 
 

