@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from itkm_lightning.config_files import expand_path, run_name
 from itkm_lightning.errors import ConfigError, DataUnavailableError
 from itkm_lightning.fit_config import FitConfigCLI
+from itkm_lightning.stages.protocol import ImageStage
 from itkm_lightning.tracking import default_run_dir, finish_wandb
 
 
@@ -53,7 +54,7 @@ class ITKMCLI(FitConfigCLI):
     def instantiate_classes(self) -> None:
         self._check_data_sources()
         super().instantiate_classes()
-        if hasattr(self.model, "rerank"):  # fit's Stage I scores with evaluation.rerank too
+        if isinstance(self.model, ImageStage):  # fit's Stage I scores with evaluation.rerank too
             self.model.rerank = self._evaluation().rerank
 
     def _evaluation(self):

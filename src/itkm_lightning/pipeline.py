@@ -24,7 +24,7 @@ from itkm_lightning.handoffs import Handoff, handoff_path, load_handoff, save_ha
 from itkm_lightning.resume import stage_resume_checkpoint
 from itkm_lightning.results import ResultsFile, Timings
 from itkm_lightning.safe_load import register_safe_types
-from itkm_lightning.stages.protocol import Stage
+from itkm_lightning.stages.protocol import ImageStage, Stage
 from itkm_lightning.trainer_setup import TrainerSetup
 
 
@@ -51,7 +51,10 @@ class StageSpec:
         if self.module is not None:
             return self.module
         module = build_section(L.LightningModule, self.name, self.section)
-        if getattr(module, "stage_name", self.name) != self.name:
+        if not isinstance(module, Stage):
+            raise ConfigError(f"{self.name}.class_path {self.section.class_path} does not follow the stage contract "
+                              "(stages/protocol.py); name a stage class")
+        if module.stage_name != self.name:
             raise ConfigError(f"{self.name}.class_path {self.section.class_path} is a {module.stage_name} module; "
                              f"set {self.name}.class_path to a {self.name} class")
         return module
@@ -197,7 +200,7 @@ class Pipeline:
         if self.seed is not None:
             L.seed_everything(self.seed, workers=True, verbose=False)
         module = spec.build()
-        if hasattr(module, "rerank"):
+        if isinstance(module, ImageStage):
             module.rerank = self.rerank
         module.receive_handoff(self._predecessor_handoffs(name, module))
         # The newest good end-of-epoch checkpoint, or a newer mid-epoch one that a SLURM requeue (SIGUSR1) left.
@@ -218,7 +221,7 @@ class Pipeline:
             return False
         if module.evaluates_images and not self._nothing_to_score():
             with timings.part(f"eval_{name}"):
-                if getattr(module, "benchmark_results_step", -1) != trainer.global_step or trainer.global_step == 0:
+                if module.benchmark_results_step != trainer.global_step or trainer.global_step == 0:
                     trainer.validate(module, datamodule=self.datamodule, verbose=False)  # the last epoch did not
             self.results.record(name, module.benchmark_results, write=trainer.is_global_zero)
         elif module.evaluates_images and self._pseudo_label_history(trainer):
