@@ -17,7 +17,7 @@ SMOKE = str(REPO / "conf" / "smoke.yaml")
 def reference_scores(stage, configs: list[str], overrides: list[str], rerank=None) -> dict:
     """What `itkm fit` records for this module: its own retrieval features through the datamodule's loaders."""
     from itkm_lightning.fit_config import parse_fit_config
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.data.names import source_of
     from itkm_lightning.data.datamodule import ReIDDataModule
     from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
@@ -203,7 +203,7 @@ def test_evaluate_on_cuhk01_real_images(rerank, trained, tmp_path):
 def test_evaluate_and_the_extractor_open_a_timm_model(synthetic_root, tmp_path):
     from itkm_lightning import FeatureExtractor
     from itkm_lightning.fit_config import parse_fit_config
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.data.names import source_of
     from itkm_lightning.handoffs import save_handoff
     from itkm_lightning.models.backbone import build_image_encoder
     from itkm_lightning.models.backbone_config import BackboneConfig

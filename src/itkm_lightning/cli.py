@@ -65,7 +65,7 @@ class ITKMCLI(FitConfigCLI):
 
     def _check_data_sources(self) -> None:
         """Missing datasets are reported (all of them) before minutes go into loading a backbone."""
-        from itkm_lightning.config_files import source_of
+        from itkm_lightning.data.names import source_of
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         data = cfg.get("data")

@@ -95,7 +95,7 @@ class ReIDDataModule(L.LightningDataModule):
             raise ValueError(f"data.num_workers must be >= 0; got {num_workers}")
         if any(s < 16 for s in image_size):
             raise ValueError(f"data.image_size must be at least 16x16; got {image_size}")
-        from itkm_lightning.config_files import source_of
+        from itkm_lightning.data.names import source_of
 
         self.sources = [source_of(s) for s in sources]
         self.test_sources = None if test_sources is None else [source_of(s) for s in test_sources]

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
                          f"(e.g. --out {out / 'evaluate'})")
     from itkm_lightning.fit_config import parse_fit_config
     from itkm_lightning.config import RerankConfig
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.data.names import source_of
 
     cfg = parse_fit_config([str(Path(c).expanduser()) for c in args.config], overrides)
     data = cfg.get("data")

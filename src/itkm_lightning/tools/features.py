@@ -55,7 +55,7 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
     ``train``; ``benchmark`` picks one by name.
     """
     from itkm_lightning.fit_config import parse_fit_config
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.data.names import source_of
 
     for config in configs:
         if not Path(config).expanduser().is_file():
