@@ -1,4 +1,4 @@
-"""Parameter groups and learning-rate schedules give the configured rates.
+"""Which parameters train at which rate (lr_new for the scenario embedding only, frozen towers get none).
 
 Each module's ``configure_optimizers`` is run with a known config; the rate of every parameter is read from
 the optimiser after each scheduler step and compared with the documented formula, computed here:
