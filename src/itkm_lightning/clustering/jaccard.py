@@ -48,7 +48,8 @@ from itkm_lightning.clustering.neighbourhoods import (
     _local_query_expansion,
     _reciprocal_neighbours,
 )
-from itkm_lightning.clustering.overlaps import RowShare, _jaccard_from_weights
+from itkm_lightning.clustering.overlaps import PREFIX_SLACK, RowShare, _all_pairs_jaccard, _overlap_threshold
+from itkm_lightning.clustering.pruned import _pruned_jaccard
 
 
 def jaccard_distance(
@@ -106,3 +107,9 @@ def jaccard_distance(
     weights = _gaussian_weights(neighbourhoods, cpu_features)
     weights = _local_query_expansion(weights, ranks, k2)
     return _jaccard_from_weights(weights, max_distance, share)
+
+
+def _jaccard_from_weights(weights: sp.csr_matrix, max_distance: float, share: RowShare | None = None) -> sp.csr_matrix:
+    if max_distance < 1.0 and _overlap_threshold(max_distance) > PREFIX_SLACK:
+        return _pruned_jaccard(weights, max_distance, share)
+    return _all_pairs_jaccard(weights, max_distance)  # every process computes all rows (HDBSCAN: max_distance 1)

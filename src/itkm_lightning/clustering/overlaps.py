@@ -12,11 +12,6 @@ import scipy.sparse as sp
 
 # Bounds the (row, column, value) triples materialised at once in the min-overlap step.
 OVERLAP_BLOCK_ENTRIES = 1 << 23
-# Pruned Jaccard path (max_distance < 1): row blocks of the candidate products hold about this many
-# entries (estimated as prefix entries x CANDIDATE_COLUMN_ESTIMATE), and the exact overlaps are computed
-# this many pairs at a time.
-CANDIDATE_BLOCK_ENTRIES = 1 << 23
-CANDIDATE_COLUMN_ESTIMATE = 100
 EXACT_PAIR_BLOCK = 1 << 17
 # The candidate filter keeps pairs whose overlap bound reaches the threshold minus this (float rounding).
 PREFIX_SLACK = 1e-3
@@ -109,89 +104,6 @@ def _overlap_threshold(max_distance: float) -> float:
     return 2.0 * (1.0 - max_distance) / (2.0 - max_distance)
 
 
-def _prefix_split(weights: sp.csr_matrix, threshold: float) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Every row's heaviest entries up to the point where the rest weighs less than ``threshold``.
-
-    Returns the prefix (a CSR matrix holding those entries' weights, in the row's column order) and each
-    row's suffix mass (the summed weight of the entries left out, < threshold).
-    """
-    n = weights.shape[0]
-    rows = np.repeat(np.arange(n), np.diff(weights.indptr))
-    # Heaviest first within each row, rows kept apart: one float64 key (weights lie in [0, 1]).
-    key = rows.astype(np.float64)
-    key -= weights.data * 0.5
-    order = np.argsort(key, kind="stable")
-    sorted_weights = weights.data[order].astype(np.float64)
-    cumulative = np.cumsum(sorted_weights)
-    bounds = np.concatenate(([0.0], cumulative))
-    row_end = bounds[weights.indptr[1:]]
-    tail = row_end[rows] - cumulative + sorted_weights  # weight from this entry to the row's end
-    in_prefix = np.empty(len(order), dtype=bool)
-    in_prefix[order] = tail >= threshold  # back in CSR order
-    suffix_mass = np.bincount(rows[~in_prefix], weights=weights.data[~in_prefix], minlength=n)
-    counts = np.bincount(rows[in_prefix], minlength=n)
-    prefix = sp.csr_matrix((weights.data[in_prefix], weights.indices[in_prefix],
-                            np.concatenate(([0], np.cumsum(counts)))), shape=weights.shape)
-    return prefix, suffix_mass
-
-
-def _same_pattern(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
-    return np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
-
-
-def _candidate_pairs(weights: sp.csr_matrix, threshold: float,
-                     share: RowShare | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs i < j that may overlap by s_ij >= threshold: every such pair is among them (prefix filtering).
-
-    With P_i the heaviest entries of row i whose remainder (suffix) weighs less than the threshold, a pair
-    sharing no column of P_i overlaps by less than the threshold. For a pair that does, with
-    X1 = sum of V_ic and X2 = sum of V_jc over the shared columns c of P_i,
-    s_ij <= min(X1, X2) + min(suffix_i, |V_j| - X2), an upper bound that two sparse products give for all
-    pairs at once. A pair is kept when the bound reaches the threshold from both sides (i's and j's).
-    With a ``share``, this process bounds the rows of ``share.rows`` only and the directed candidates of
-    every process are gathered before the two sides are matched.
-    """
-    n = weights.shape[0]
-    first = 0 if share is None else share.rows.start
-    prefix, suffix_mass = _prefix_split(weights if share is None else weights[share.rows], threshold)
-    prefix_support = sp.csr_matrix((np.ones(prefix.nnz, np.float32), prefix.indices, prefix.indptr), shape=prefix.shape)
-    support_t = sp.csr_matrix((np.ones(weights.nnz, np.float32), weights.indices, weights.indptr),
-                              shape=weights.shape).T.tocsr()
-    weights_t = weights.T.tocsr()
-    row_mass = np.asarray(weights.sum(axis=1, dtype=np.float64)).ravel().astype(np.float32)
-    suffix_mass = suffix_mass.astype(np.float32)
-    kept_rows, kept_columns = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for start, stop in _row_blocks(np.diff(prefix.indptr) * CANDIDATE_COLUMN_ESTIMATE, CANDIDATE_BLOCK_ENTRIES):
-        # X1 and X2 by scipy's C++ sparse products. Both have the same sparsity pattern, and scipy emits the
-        # columns of a product row in an order fixed by the operands' patterns, so the entries line up
-        # (checked; sorted only if scipy ever dropped an entry, which needs a zero sum of positive weights).
-        own_mass = prefix[start:stop] @ support_t
-        other_mass = prefix_support[start:stop] @ weights_t
-        if not _same_pattern(own_mass, other_mass):
-            own_mass.sort_indices()
-            other_mass.sort_indices()
-            if not _same_pattern(own_mass, other_mass):  # pragma: no cover - zero sums of positive weights
-                other_mass = other_mass.multiply(own_mass.astype(bool)).tocsr()
-                own_mass = own_mass.multiply(other_mass.astype(bool)).tocsr()
-                own_mass.sort_indices()
-                other_mass.sort_indices()
-        local_rows = np.repeat(np.arange(start, stop), np.diff(own_mass.indptr))
-        rows = local_rows + first
-        bound = np.minimum(own_mass.data, other_mass.data)
-        np.subtract(row_mass[own_mass.indices], other_mass.data, out=other_mass.data)
-        bound += np.minimum(suffix_mass[local_rows], other_mass.data, out=other_mass.data)
-        keep = bound >= threshold
-        keep &= own_mass.indices != rows
-        kept_rows.append(rows[keep])
-        kept_columns.append(own_mass.indices[keep])
-    rows, columns = np.concatenate(kept_rows).astype(np.int64), np.concatenate(kept_columns).astype(np.int64)
-    if share is not None:
-        rows, columns = share.gather(rows), share.gather(columns)
-    directed = sp.csr_matrix((np.ones(len(rows), np.int8), (rows, columns)), shape=(n, n))
-    both = sp.triu(directed.multiply(directed.T), k=1).tocsr()  # kept from both sides, i < j
-    return np.repeat(np.arange(n), np.diff(both.indptr)), both.indices.astype(np.int64)
-
-
 def _exact_overlaps(weights: sp.csr_matrix, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """s_ij = sum_k min(V_ik, V_jk) for the given pairs (scipy's sparse elementwise minimum, float64 sum)."""
     overlaps = np.empty(len(rows), dtype=np.float64)
@@ -212,41 +124,6 @@ class RowShare:
 
     rows: slice
     gather: Callable[[np.ndarray], np.ndarray]
-
-
-def _pruned_jaccard(weights: sp.csr_matrix, max_distance: float, share: RowShare | None = None) -> sp.csr_matrix:
-    """Only the pairs within max_distance (< 1): candidates by prefix filtering, then their exact overlap.
-
-    The same distances as the all-pairs path for every pair within ``max_distance`` (the overlaps are
-    summed in float64 instead of float32, so a pair within a float32 rounding of ``max_distance`` may
-    fall on the other side), without enumerating the O(N * (N k / N)^2) pairs that share some weight.
-    With a ``share`` the rows are split over the processes and every process returns the whole matrix.
-    """
-    n = weights.shape[0]
-    threshold = _overlap_threshold(max_distance)
-    rows, columns = _candidate_pairs(weights, threshold - PREFIX_SLACK, share)
-    if share is not None:
-        mine = (rows >= share.rows.start) & (rows < share.rows.stop)
-        rows, columns = rows[mine], columns[mine]
-    overlaps = _exact_overlaps(weights, rows, columns)
-    distances = np.clip(1.0 - overlaps / (2.0 - overlaps), 0.0, None)
-    keep = distances <= max_distance
-    rows, columns, distances = rows[keep], columns[keep], distances[keep]
-    if share is not None:
-        rows, columns, distances = share.gather(rows), share.gather(columns), share.gather(distances)
-    diagonal = np.arange(n)
-    upper = sp.csr_matrix(
-        (np.concatenate((distances, np.zeros(n))).astype(np.float32),
-         (np.concatenate((rows, diagonal)), np.concatenate((columns, diagonal)))),
-        shape=(n, n),
-    )
-    return _mirror_upper(upper)
-
-
-def _jaccard_from_weights(weights: sp.csr_matrix, max_distance: float, share: RowShare | None = None) -> sp.csr_matrix:
-    if max_distance < 1.0 and _overlap_threshold(max_distance) > PREFIX_SLACK:
-        return _pruned_jaccard(weights, max_distance, share)
-    return _all_pairs_jaccard(weights, max_distance)  # every process computes all rows (HDBSCAN: max_distance 1)
 
 
 def _all_pairs_jaccard(weights: sp.csr_matrix, max_distance: float) -> sp.csr_matrix:
