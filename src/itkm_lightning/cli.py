@@ -11,7 +11,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from itkm_lightning.config_files import expand_path, run_name
-from itkm_lightning.errors import ConfigError, DataUnavailableError
+from itkm_lightning.errors import ConfigError, DataUnavailableError, ITKMError
 from itkm_lightning.fit_config import FitConfigCLI
 from itkm_lightning.stages.protocol import ImageStage
 from itkm_lightning.tracking import default_run_dir, finish_wandb
@@ -76,7 +76,7 @@ class ITKMCLI(FitConfigCLI):
         for entry in [*(data.get("sources") or []), *(data.get("test_sources") or [])]:
             try:
                 source_of(entry).check(root)
-            except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+            except ITKMError as err:  # a dataset's own report; anything else is a bug and keeps its traceback
                 problems.append(str(err).strip())
         if problems:
             raise DataUnavailableError.listing(problems)

@@ -1,9 +1,9 @@
 """The project's errors: problems a user can fix, which ``itkm`` reports as one line (exit code 2).
 
 Every error class of the project derives from :class:`ITKMError` (and from the builtin it refines, so
-``except ValueError`` keeps working). The command catches only these and the builtin kinds the project
-still raises with a user-facing message (:func:`builtin_user_errors`); any other exception is a bug and
-shows its traceback. Imports nothing heavy: ``itkm --help`` and the light tools use it.
+``except ValueError`` keeps working). The command catches only these and pydantic's ``ValidationError``
+(:func:`builtin_user_errors`); any other exception, a bare ``ValueError`` included, is a bug and shows its
+traceback. Imports nothing heavy: ``itkm --help`` and the light tools use it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ class ConfigError(ITKMError, ValueError):
     """A setting or argument that cannot work as given."""
 
 
+class DataFormatError(ITKMError, ValueError):
+    """Data that is there but not usable as it is: a malformed file or a dataset not in the expected layout."""
+
+
+class MissingPackageError(ITKMError, ImportError):
+    """An optional package (onnx, timm, faiss, hdbscan, ...) that the requested feature needs is not installed."""
+
+
 class DataUnavailableError(ITKMError, FileNotFoundError):
     """Configured data (a dataset, a config file) that is not there or not in the expected layout."""
 
@@ -35,12 +43,12 @@ class DataUnavailableError(ITKMError, FileNotFoundError):
 
 
 def builtin_user_errors() -> tuple[type[BaseException], ...]:
-    """The builtin kinds (and pydantic's ``ValidationError``) that project code still raises with a message for
-    the user; reported as one line like :class:`ITKMError`. Shrinks to ``ValidationError`` once the modules that
-    still raise bare ``ValueError``/``FileNotFoundError``/``ImportError`` for the user raise project errors."""
+    """The one foreign kind reported as one line like :class:`ITKMError`: pydantic's ``ValidationError``, since
+    config values are validated by pydantic. A bare ``ValueError``/``FileNotFoundError``/``ImportError`` is a bug
+    and keeps its traceback."""
     from pydantic import ValidationError
 
-    return (ValueError, FileNotFoundError, NotADirectoryError, ImportError, ValidationError)
+    return (ValidationError,)
 
 
 def error_line(err: BaseException) -> str:
@@ -64,7 +72,7 @@ def error_line(err: BaseException) -> str:
 
 @contextmanager
 def reported_as_one_line(prog: str, also: Callable[[], tuple[type[BaseException], ...]] = tuple) -> Iterator[None]:
-    """Turn an :class:`ITKMError` (a builtin user error, one of the classes ``also()`` returns) raised inside into
+    """Turn an :class:`ITKMError` (pydantic's ``ValidationError``, one of the classes ``also()`` returns) raised inside into
     ``<prog>: error: <message>`` and exit code 2 (``ITKM_DEBUG=1``: the traceback instead); anything else keeps
     its traceback. ``also`` is called only when something was raised (its imports may be heavy)."""
     try:

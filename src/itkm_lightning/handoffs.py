@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from itkm_lightning import safe_load
+from itkm_lightning.errors import ConfigError, DataFormatError
 from itkm_lightning.fileio import atomic_write
 
 HANDOFF_FILE = "handoff.pt"
@@ -46,8 +47,8 @@ class Handoff:
         missing = [name for name in names if name not in data]
         if missing:
             stage = data.get("stage", "stage's")
-            raise ValueError(f"the {stage} handoff lacks {missing}; it was written by another version: "
-                             f"delete <run_dir>/{stage}/handoff.pt and re-run that stage")
+            raise DataFormatError(f"the {stage} handoff lacks {missing}; it was written by another version: "
+                                  f"delete <run_dir>/{stage}/handoff.pt and re-run that stage")
         return cls(**cls._checked({name: data[name] for name in names}))
 
     @classmethod
@@ -87,13 +88,13 @@ class Stage1Handoff(EncoderHandoff):
         labels = torch.as_tensor(values["labels"]).long().cpu()
         blocks = torch.as_tensor(values["blocks"]).long().cpu()
         if labels.shape != blocks.shape:
-            raise ValueError(f"stage1 handoff: {labels.numel()} labels but {blocks.numel()} block tags")
+            raise DataFormatError(f"stage1 handoff: {labels.numel()} labels but {blocks.numel()} block tags")
         if labels.numel() == 0 or int(labels.max()) < 0:
-            raise ValueError("Stage I produced no cluster (every label is -1): nothing to describe in Stage II; "
-                             "loosen model.clustering (e.g. larger eps, smaller min_samples) and rerun stage1")
+            raise ConfigError("Stage I produced no cluster (every label is -1): nothing to describe in Stage II; "
+                              "loosen model.clustering (e.g. larger eps, smaller min_samples) and rerun stage1")
         kept = labels >= 0
         if not bool((_cluster_block(labels, blocks)[labels[kept]] == blocks[kept]).all()):
-            raise ValueError("stage1 handoff: a cluster spans several (scenario, group) blocks; rerun stage1")
+            raise DataFormatError("stage1 handoff: a cluster spans several (scenario, group) blocks; rerun stage1")
         return {**values, "labels": labels, "blocks": blocks,
                 "block_names": [tuple(b) for b in values["block_names"]], "paths": list(values["paths"])}
 
@@ -177,5 +178,5 @@ def load_handoff(path: str | Path) -> dict:
     path = Path(path)
     handoff = safe_load.load(path, what="hand-over", fix="delete it to run that stage again")
     if not isinstance(handoff, dict):
-        raise ValueError(f"{path} does not hold a hand-over dict; delete it to run that stage again")
+        raise DataFormatError(f"{path} does not hold a hand-over dict; delete it to run that stage again")
     return handoff

@@ -42,6 +42,7 @@ from itkm_lightning.data.datasets.mlr_originals import (
     plan_market1501,
     plan_viper,
 )
+from itkm_lightning.errors import ConfigError, DataUnavailableError
 
 
 def build_mlr(
@@ -51,23 +52,23 @@ def build_mlr(
     """Build (or resume, verify, repair) ``<out>/MLR-<source>`` from the original dataset at ``root``."""
     root, out = Path(root), Path(out)
     if source not in MLR_OUTPUT_DIRS:
-        raise ValueError(f"unknown MLR source {source!r}; choose one of {', '.join(MLR_OUTPUT_DIRS)}")
+        raise ConfigError(f"unknown MLR source {source!r}; choose one of {', '.join(MLR_OUTPUT_DIRS)}")
     if boxes is not None and source != "cuhk03":
-        raise ValueError("--boxes applies to --source cuhk03 only")
+        raise ConfigError("--boxes applies to --source cuhk03 only")
     if split is not None and source == "market1501":
-        raise ValueError("--split does not apply to market1501 (it has one official split)")
+        raise ConfigError("--split does not apply to market1501 (it has one official split)")
     if split is not None and split < 0:
-        raise ValueError(f"--split must be >= 0; got {split}")
+        raise ConfigError(f"--split must be >= 0; got {split}")
     if not root.exists():
-        raise FileNotFoundError(f"--root {root} does not exist; point it at the original {source} dataset")
+        raise DataUnavailableError(f"--root {root} does not exist; point it at the original {source} dataset")
     dest = out / MLR_OUTPUT_DIRS[source]
     crops = source == "cuhk03" and is_crops_folder(root)
     if (train_ids is not None or test_ids is not None) and not crops:
-        raise ValueError(f"--train-ids/--test-ids apply to CUHK03 crops with a {CROPS_LABELS} only")
+        raise ConfigError(f"--train-ids/--test-ids apply to CUHK03 crops with a {CROPS_LABELS} only")
     if crops:
         if boxes is not None or split is not None:
-            raise ValueError(f"{root} holds crops listed in {CROPS_LABELS}: name the test ids with --test-ids, "
-                             "not --split/--boxes")
+            raise ConfigError(f"{root} holds crops listed in {CROPS_LABELS}: name the test ids with --test-ids, "
+                              "not --split/--boxes")
         to_range = parse_id_range
         plan = plan_cuhk03_crops(root, train_ids and to_range(train_ids), test_ids and to_range(test_ids))
         return write_mlr_folder(plan, dest, progress)

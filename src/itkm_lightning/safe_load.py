@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from itkm_lightning.errors import ITKMError
+from itkm_lightning.errors import DataUnavailableError, ITKMError
 
 
 class UnsafeFileError(ITKMError, ValueError):
@@ -57,7 +57,7 @@ def load(path: str | Path, *, what: str = "file", fix: str = "", mmap: bool = Fa
     register_safe_types()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist{'; ' + fix if fix else ''}")
+        raise DataUnavailableError(f"{what} {path} does not exist{'; ' + fix if fix else ''}")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; a truncated one lost its directory
         raise UnreadableFileError(f"{what} {path} cannot be read (not a PyTorch file: truncated, empty or another "
                                   f"format){'; ' + fix if fix else ''}")

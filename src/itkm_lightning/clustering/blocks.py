@@ -12,7 +12,7 @@ from torchmetrics.functional.clustering import adjusted_rand_score, normalized_m
 from itkm_lightning.clustering.labels import cluster
 from itkm_lightning.config import ClusteringConfig
 from itkm_lightning.distributed import broadcast_tensor, jaccard_row_share, rank_and_world_size, sharded_knn
-from itkm_lightning.errors import ITKMError
+from itkm_lightning.errors import ConfigError, ITKMError
 
 
 class EmptyClusteringError(ITKMError, RuntimeError):
@@ -78,7 +78,7 @@ def _block_indices(block_of_index: np.ndarray, k1: int) -> list[np.ndarray]:
     blocks = [np.flatnonzero(block_of_index == block) for block in np.unique(block_of_index)]
     for idx in blocks:
         if len(idx) <= k1:
-            raise ValueError(
+            raise ConfigError(
                 f"a (scenario, group) block has {len(idx)} training images but clustering k1={k1} needs more; "
                 "lower clustering.k1 (and k2) of the stage that clusters: model.clustering for Stage I, "
                 "stage3.clustering for Stage III"

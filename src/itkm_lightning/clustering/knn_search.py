@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from itkm_lightning.clustering.inputs import FeatureArray, _to_cpu_float32
+from itkm_lightning.errors import MissingPackageError
 
 KnnBackend = Literal["auto", "faiss", "torch"]
 KnnIndex = Literal["exact", "ivf", "hnsw", "bf16"]
@@ -35,7 +36,7 @@ def _faiss_module():
     try:
         import faiss  # heavy optional dependency: imported where used
     except ImportError as error:
-        raise ImportError(f"backend='faiss' needs faiss: {FAISS_INSTALL_HINT}.") from error
+        raise MissingPackageError(f"backend='faiss' needs faiss: {FAISS_INSTALL_HINT}.") from error
     return faiss
 
 

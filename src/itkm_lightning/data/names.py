@@ -31,8 +31,8 @@ def class_path_of(name: str) -> str:
     """The ``class_path`` of a short name (case and ``-`` ignored: ``SYSU``, ``mlr-cuhk03``), or one clear error."""
     key = name.strip().lower().replace("-", "_")
     if key not in SHORT_NAMES:
-        raise ValueError(f"data.sources: unknown dataset name {name!r}; short names are {', '.join(SHORT_NAMES)} "
-                         "(or give a class_path entry, see data/README.md)")
+        raise ConfigError(f"data.sources: unknown dataset name {name!r}; short names are {', '.join(SHORT_NAMES)} "
+                          "(or give a class_path entry, see data/README.md)")
     return SHORT_NAMES[key]
 
 

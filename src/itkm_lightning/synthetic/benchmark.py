@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
+from itkm_lightning.errors import DataFormatError, DataUnavailableError
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
 from itkm_lightning.synthetic.modalities import make_infrared_lut, to_low_resolution
 from itkm_lightning.synthetic.render import render_person
@@ -184,13 +185,13 @@ def ensure_synthetic(
 def read_manifest(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
     manifest = Path(dataset_dir) / "manifest.csv"
     if not manifest.is_file():
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             f"{manifest} does not exist; generate the dataset first with ensure_synthetic(root, spec)."
         )
     with manifest.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
-            raise ValueError(
+            raise DataFormatError(
                 f"{manifest} has columns {reader.fieldnames}, expected {list(MANIFEST_COLUMNS)}; "
                 "regenerate it."
             )
@@ -205,7 +206,7 @@ def load_synthetic(dataset_dir: str | os.PathLike) -> dict[str, BenchmarkSplit]:
     for row in sorted(rows, key=lambda r: r["path"]):
         scenario = row["scenario"]
         if scenario not in PROTOCOLS or row["split"] not in ("train", "query", "gallery"):
-            raise ValueError(
+            raise DataFormatError(
                 f"manifest row {row['path']!r} has an unknown scenario or split; regenerate the dataset."
             )
         split = splits.setdefault(

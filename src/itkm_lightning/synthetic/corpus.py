@@ -31,6 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from itkm_lightning.errors import ConfigError, DataUnavailableError
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
 from itkm_lightning.synthetic.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
 from itkm_lightning.synthetic.modalities import make_infrared_lut, to_low_resolution
@@ -272,7 +273,7 @@ def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec | str = "demo", prog
     """
     if isinstance(spec, str):
         if spec not in CORPUS_PRESETS:
-            raise ValueError(f"unknown corpus preset {spec!r}; choose one of {sorted(CORPUS_PRESETS)}.")
+            raise ConfigError(f"unknown corpus preset {spec!r}; choose one of {sorted(CORPUS_PRESETS)}.")
         spec = CORPUS_PRESETS[spec]
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -295,6 +296,6 @@ def read_corpus(corpus_dir: str | os.PathLike) -> list[dict]:
     """The manifest records of a rendered corpus, in rendering order."""
     manifest = Path(corpus_dir) / "manifest.jsonl"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} does not exist; render the corpus first with ensure_corpus(root, spec).")
+        raise DataUnavailableError(f"{manifest} does not exist; render the corpus first with ensure_corpus(root, spec).")
     with manifest.open() as handle:
         return [json.loads(line) for line in handle if line.strip()]

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from itkm_lightning.data.schema import SCENARIOS
+from itkm_lightning.errors import ConfigError
 
 GENERATOR_VERSION = "2"
 """Bump when the pictures change for the same spec, so cached datasets are not reused."""
@@ -75,7 +76,7 @@ class SyntheticSpec(BaseModel):
     def preset(cls, name: str) -> SyntheticSpec:
         """``tiny`` (tests), ``demo`` (the default demo, ~6,000 images) or ``large`` (256x128)."""
         if name not in PRESETS:
-            raise ValueError(f"unknown synthetic preset {name!r}; choose one of {sorted(PRESETS)}.")
+            raise ConfigError(f"unknown synthetic preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**PRESETS[name])
 
     def preset_name(self) -> str | None:

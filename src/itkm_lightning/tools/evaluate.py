@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from itkm_lightning.errors import ConfigError, DataUnavailableError
+from itkm_lightning.errors import ConfigError, DataUnavailableError, ITKMError
 from itkm_lightning.tools.embed import add_model_arguments, split_overrides
 
 STAGE = "evaluated"
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
         try:
             source.prepare(root)
             benchmarks.extend(source.load(root))
-        except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        except ITKMError as err:  # a dataset's own report; anything else is a bug and keeps its traceback
             problems.append(str(err).strip())
     if problems:  # all at once, as `itkm fit` reports them
         raise DataUnavailableError.listing(problems)

@@ -16,11 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
+from itkm_lightning.errors import ConfigError, ITKMError, MissingPackageError
 from itkm_lightning.fileio import atomic_path, atomic_write_json
 from itkm_lightning.models.clip_image import CLIPImageEncoder
 from itkm_lightning.tools.model_source import load_image_encoder
 
 PARITY_TOLERANCE = 1e-5  # max |exported - eager| over the normalised features, checked after every export
+
+
+class ExportParityError(ITKMError, ValueError):
+    """The exported model does not reproduce the checkpoint's features (nothing is written)."""
 
 
 class ExportableEncoder(nn.Module):
@@ -101,8 +106,8 @@ def onnx_available() -> bool:
 
 def export_onnx(encoder: CLIPImageEncoder, path: str | Path, opset: int = 18) -> Path:
     if not onnx_available():
-        raise ImportError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript "
-                          "(and onnxruntime to check the result), or export --format torchscript")
+        raise MissingPackageError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript "
+                                  "(and onnxruntime to check the result), or export --format torchscript")
     path = Path(path)
     module = ExportableEncoder(encoder.eval()).eval()
     with atomic_path(path) as tmp:
@@ -118,7 +123,7 @@ def load_exported(path: str | Path):
         return torch.export.load(str(path)).module()
     if path.suffix == ".onnx":
         if importlib.util.find_spec("onnxruntime") is None:
-            raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime")
+            raise MissingPackageError("checking an ONNX export needs onnxruntime: pip install onnxruntime")
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -151,12 +156,12 @@ def output_format(out: Path, requested: str | None) -> str:
     by_suffix = {suffix: fmt for fmt, suffix in SUFFIXES.items()}.get(out.suffix)
     if requested is None:
         if by_suffix is None:
-            raise ValueError(f"--out {out}: cannot tell the format from {out.suffix or 'no suffix'}; name the file "
-                             "*.pt (torchscript), *.pt2 (program) or *.onnx")
+            raise ConfigError(f"--out {out}: cannot tell the format from {out.suffix or 'no suffix'}; name the file "
+                              "*.pt (torchscript), *.pt2 (program) or *.onnx")
         return by_suffix
     if by_suffix != requested:
-        raise ValueError(f"--out {out} does not end in {SUFFIXES[requested]}, the suffix of --format {requested}; "
-                         f"use --out {out.with_suffix(SUFFIXES[requested])} or drop --format to go by the suffix")
+        raise ConfigError(f"--out {out} does not end in {SUFFIXES[requested]}, the suffix of --format {requested}; "
+                          f"use --out {out.with_suffix(SUFFIXES[requested])} or drop --format to go by the suffix")
     return requested
 
 
@@ -187,8 +192,8 @@ def main(argv: list[str]) -> None:
         checked = fmt != "onnx" or importlib.util.find_spec("onnxruntime") is not None
         diff = parity(encoder, staged) if checked else None
         if diff is not None and not diff < PARITY_TOLERANCE:
-            raise ValueError(f"the exported model differs from the checkpoint by {diff:.2e} (> {PARITY_TOLERANCE:g}); "
-                             f"nothing was written to {out}. Report this with your torch version.")
+            raise ExportParityError(f"the exported model differs from the checkpoint by {diff:.2e} (> {PARITY_TOLERANCE:g}); "
+                                    f"nothing was written to {out}. Report this with your torch version.")
     atomic_write_json(out.with_name(out.name + ".json"), {
         "format": fmt, "source": str(args.model), "image_size": list(backbone.image_size),
         "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "feature_dim": encoder.feature_dim,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from itkm_lightning.clustering.knn_search import _faiss_available, flat_index, knn
+from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError, MissingPackageError
 from itkm_lightning.fileio import atomic_path, atomic_write_json
 from itkm_lightning.tools.embedding_files import FEATURES_FILE, is_embedding_dir, load_embeddings
 
@@ -27,11 +28,11 @@ def normalize(features: np.ndarray) -> np.ndarray:
 def resolve_backend(backend: str) -> str:
     """``faiss`` or ``torch``: auto picks faiss when it imports; asking for a missing faiss names the fix."""
     if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"backend must be auto, faiss or torch, got {backend!r}")
+        raise ConfigError(f"backend must be auto, faiss or torch, got {backend!r}")
     if backend == "auto":
         return "faiss" if _faiss_available() else "torch"
     if backend == "faiss" and not _faiss_available():
-        raise ImportError("--backend faiss needs faiss: pip install faiss-cpu (or faiss-gpu), or use --backend torch")
+        raise MissingPackageError("--backend faiss needs faiss: pip install faiss-cpu (or faiss-gpu), or use --backend torch")
     return backend
 
 
@@ -58,9 +59,9 @@ class GalleryIndex:
         """(scores, indices), each (Q, min(k, len)), best first; scores are cosine similarities."""
         queries = normalize(queries)
         if queries.shape[1] != self.gallery.shape[1]:
-            raise ValueError(f"query features are {queries.shape[1]}-d but the gallery's are "
-                             f"{self.gallery.shape[1]}-d; "
-                             "embed both with the same model and --feature")
+            raise ConfigError(f"query features are {queries.shape[1]}-d but the gallery's are "
+                              f"{self.gallery.shape[1]}-d; "
+                              "embed both with the same model and --feature")
         return knn(queries, self.gallery, min(k, len(self.gallery)), backend=self.backend, faiss_index=self.index)
 
     def save(self, path: str | Path) -> None:
@@ -130,14 +131,14 @@ def _features_of(inputs: list[str], args, role: str, open_model) -> tuple[np.nda
     """(features, paths, embedding folder or None) of an `itkm embed` folder or of images embedded now."""
     missing = [p for p in inputs if not Path(p).expanduser().exists()]
     if missing:
-        raise FileNotFoundError(f"{role} {', '.join(missing)} does not exist; pass an `itkm embed` folder or "
-                                "image files/folders")
+        raise DataUnavailableError(f"{role} {', '.join(missing)} does not exist; pass an `itkm embed` folder or "
+                                   "image files/folders")
     if len(inputs) == 1 and is_embedding_dir(inputs[0]):
         features, rows = load_embeddings(inputs[0])
         return features, [r["path"] for r in rows], Path(inputs[0])
     if args.model is None:
-        raise ValueError(f"the {role} is not an `itkm embed` folder ({FEATURES_FILE} + index.csv), so it must be "
-                         "embedded: pass --model (run directory or checkpoint) and --scenario")
+        raise ConfigError(f"the {role} is not an `itkm embed` folder ({FEATURES_FILE} + index.csv), so it must be "
+                          "embedded: pass --model (run directory or checkpoint) and --scenario")
     from itkm_lightning.tools.embed import tagged_samples
 
     samples = tagged_samples(inputs, args.scenario, args.group)
@@ -183,13 +184,13 @@ def _common_folder(paths: list[str]) -> str:
 
 def _labels(folder: str, role: str, protocol: str) -> dict[str, np.ndarray]:
     if not is_embedding_dir(folder):
-        raise ValueError(f"--evaluate needs `itkm embed` folders; the {role} {folder} is not one")
+        raise ConfigError(f"--evaluate needs `itkm embed` folders; the {role} {folder} is not one")
     _, rows = load_embeddings(folder)
     needed = ["pid", "camid"] + (["clothes"] if protocol in ("cloth_changing", "same_clothes") else [])
     missing = [c for c in needed if not rows or c not in rows[0]]
     if missing:
-        raise ValueError(f"--evaluate: {Path(folder) / 'index.csv'} has no {'/'.join(missing)} column; embed the "
-                         f"{role} from a dataset (`itkm embed --config ... --split query|gallery`), which records them")
+        raise DataFormatError(f"--evaluate: {Path(folder) / 'index.csv'} has no {'/'.join(missing)} column; embed the "
+                              f"{role} from a dataset (`itkm embed --config ... --split query|gallery`), which records them")
     labels = {"pid": np.array([int(r["pid"]) for r in rows]), "camid": np.array([int(r["camid"]) for r in rows])}
     if "clothes" in needed:
         labels["clothes"] = np.array([r["clothes"] for r in rows])
@@ -201,9 +202,9 @@ def evaluate_folders(args, queries: np.ndarray, gallery: np.ndarray) -> dict:
     from itkm_lightning.evaluation import PROTOCOLS, cosine_distance, evaluate_rank, summarize
 
     if args.protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {list(PROTOCOLS)}, got {args.protocol!r}")
+        raise ConfigError(f"--protocol must be one of {list(PROTOCOLS)}, got {args.protocol!r}")
     if len(args.queries) != 1:
-        raise ValueError("--evaluate takes one `itkm embed` folder of queries")
+        raise ConfigError("--evaluate takes one `itkm embed` folder of queries")
     q, g = _labels(args.queries[0], "queries", args.protocol), _labels(args.gallery, "gallery", args.protocol)
     distmat = cosine_distance(queries, gallery)
     if args.rerank:
@@ -227,7 +228,7 @@ def metrics_line(metrics: dict) -> str:
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if args.topk < 1:
-        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
 
     @functools.cache
     def open_model():  # loaded once, and only when images must be embedded

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from itkm_lightning.data.datasets.common import list_images, no_images_error, require_dir
 from itkm_lightning.data.schema import Sample
+from itkm_lightning.errors import DataFormatError
 
 SCENARIO = "cc"
 ORIGINAL = 0
@@ -76,8 +77,8 @@ def regex_parser(name: str, pattern: str, make: Callable[[tuple[str, ...]], Labe
     def parse(file_name: str, path: Path) -> Labels | None:
         match = compiled.match(file_name)
         if match is None:
-            raise ValueError(f"{name}: file name {file_name!r} does not follow the official pattern "
-                             f"{pattern!r} ({path}); remove files that are not part of the dataset")
+            raise DataFormatError(f"{name}: file name {file_name!r} does not follow the official pattern "
+                                  f"{pattern!r} ({path}); remove files that are not part of the dataset")
         labels = make(match.groups())
         return None if labels[0] == -1 else labels
 

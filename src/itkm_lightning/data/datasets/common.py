@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource
+from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 """Extensions read as images (compared case-insensitively); anything else in a folder is ignored."""
@@ -30,7 +31,7 @@ def missing_layout_error(name: str, root: Path | str, expected_tree: str) -> NoR
     ``expected_tree`` is a few lines showing the official layout; it is printed indented.
     """
     tree = "\n".join("    " + line for line in expected_tree.strip("\n").splitlines())
-    raise FileNotFoundError(
+    raise DataUnavailableError(
         f"{name}: expected {Path(root)} but it does not exist. Expected layout:\n{tree}\n"
         f"Put the dataset there or set its `path:` option ({README_HINT})."
     )
@@ -52,7 +53,7 @@ def require_file(path: Path, name: str, expected_tree: str) -> Path:
 
 def no_images_error(name: str, folder: Path | str) -> NoReturn:
     """Raise ValueError: a folder that should hold images holds none."""
-    raise ValueError(
+    raise DataFormatError(
         f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}; "
         f"check that the dataset was extracted completely ({README_HINT})."
     )
@@ -109,7 +110,7 @@ def parse_int(text: str, what: str, where: Path | str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"expected an integer {what} but found {text!r} in {where}") from None
+        raise DataFormatError(f"expected an integer {what} but found {text!r} in {where}") from None
 
 
 def read_id_list(path: Path) -> list[int]:
@@ -126,7 +127,7 @@ def read_labelled_list(path: Path) -> list[tuple[str, int]]:
         if not parts:
             continue
         if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
+            raise DataFormatError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
         entries.append((parts[0], parse_int(parts[1], "label", f"{path}:{number}")))
     return entries
 
@@ -153,7 +154,7 @@ def chosen_subset(values: Iterable[str] | None, allowed: tuple[str, ...], what: 
     """``values`` as a list (all of ``allowed`` when None); it must be a non-empty subset of ``allowed``."""
     chosen = list(allowed) if values is None else list(values)
     if not chosen or any(v not in allowed for v in chosen):
-        raise ValueError(f"{what} must be a non-empty subset of {list(allowed)}; got {chosen}")
+        raise ConfigError(f"{what} must be a non-empty subset of {list(allowed)}; got {chosen}")
     return chosen
 
 # ----------------------------------------------------------------------------- camera folders (SYSU-MM01, LLCM)
@@ -206,7 +207,7 @@ def candidates_and_trials(draws: list[list[Path]]) -> tuple[list[Path], list[lis
 
 def check_trials(trials: int) -> None:
     if trials < 1:
-        raise ValueError(f"trials must be >= 1 (the official protocol uses 10); got {trials}")
+        raise ConfigError(f"trials must be >= 1 (the official protocol uses 10); got {trials}")
 
 
 # ----------------------------------------------------------------------------- benchmark checks

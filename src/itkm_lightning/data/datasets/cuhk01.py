@@ -21,6 +21,7 @@ from itkm_lightning.data.datasets.common import (
 )
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource
+from itkm_lightning.errors import ConfigError
 
 HIGH_RES, LOW_RES = 0, 1
 PROTOCOL = "market"
@@ -63,9 +64,9 @@ class CUHK01(DatasetSource):
         train_ids: int | None = None,
     ) -> None:
         if split < 0:
-            raise ValueError(f"split must be >= 0 (it seeds the id permutation); got {split}")
+            raise ConfigError(f"split must be >= 0 (it seeds the id permutation); got {split}")
         if train_ids is not None and train_ids < 1:
-            raise ValueError(f"train_ids must be >= 1; got {train_ids}")
+            raise ConfigError(f"train_ids must be >= 1; got {train_ids}")
         self.path = path
         self.scenario = scenario
         self.split = split
@@ -101,7 +102,7 @@ class CUHK01(DatasetSource):
     def _train_ids(self, ids: list[int]) -> set[int]:
         num_train = len(ids) // 2 if self.train_ids is None else self.train_ids
         if num_train >= len(ids):
-            raise ValueError(
+            raise ConfigError(
                 f"CUHK01: train_ids = {num_train} leaves no test ids (the copy has {len(ids)} ids); lower it."
             )
         order = np.random.default_rng(self.split).permutation(len(ids))

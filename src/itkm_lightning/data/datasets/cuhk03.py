@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from itkm_lightning.data.datasets.common import list_images, missing_layout_error, no_images_error
+from itkm_lightning.errors import ConfigError, DataFormatError, MissingPackageError
 
 CUHK03_MAT_CANDIDATES = ("cuhk03_release/cuhk-03.mat", "cuhk-03.mat")
 CUHK03_EXTRACTED_NAME = re.compile(r"(\d)_(\d{3})_([12])_(\d{2})\.png")
@@ -57,7 +58,7 @@ class CUHK03Release:
 
     def __init__(self, root: str | Path, boxes: Literal["labeled", "detected"] = "labeled") -> None:
         if boxes not in ("labeled", "detected"):
-            raise ValueError(f"CUHK03 boxes must be 'labeled' or 'detected'; got {boxes!r}")
+            raise ConfigError(f"CUHK03 boxes must be 'labeled' or 'detected'; got {boxes!r}")
         self.root = Path(root)
         self.boxes = boxes
         self.mat_path = self._find_mat()
@@ -115,7 +116,7 @@ class CUHK03Release:
     def _images_from_mat(self) -> list[CUHK03Image]:
         mat = self._require_mat()
         if self.boxes not in mat:
-            raise ValueError(f"{self.mat_path} has no '{self.boxes}' entry; is it the CUHK03 release file?")
+            raise DataFormatError(f"{self.mat_path} has no '{self.boxes}' entry; is it the CUHK03 release file?")
         found = []
         for pair, pair_ref in enumerate(mat[self.boxes][0], start=1):
             table = mat[pair_ref][()].T  # h5py reads MATLAB arrays transposed: (persons, 10)
@@ -143,14 +144,14 @@ class CUHK03Release:
         """(pair, person) of the 100 test ids of classic split ``split`` (0-based, 0-19)."""
         tables = self._classic_splits()
         if not 0 <= split < len(tables):
-            raise ValueError(f"CUHK03 has {len(tables)} classic splits (0-{len(tables) - 1}); got --split {split}")
+            raise ConfigError(f"CUHK03 has {len(tables)} classic splits (0-{len(tables) - 1}); got --split {split}")
         return tables[split]
 
     def _classic_splits(self) -> list[set[tuple[int, int]]]:
         if self._mat is not None:
             mat = self._mat
             if "testsets" not in mat:
-                raise ValueError(f"{self.mat_path} has no 'testsets' entry; is it the CUHK03 release file?")
+                raise DataFormatError(f"{self.mat_path} has no 'testsets' entry; is it the CUHK03 release file?")
             return [{(int(p), int(i)) for p, i in mat[ref][()].T} for ref in mat["testsets"][0]]
         if not self.split_json.is_file():
             missing_layout_error("CUHK03 (classic splits)", self.split_json, CUHK03_TREE)
@@ -184,10 +185,10 @@ def _open_hdf5(path: Path):
     try:
         import h5py
     except ImportError as err:
-        raise ImportError(
+        raise MissingPackageError(
             f"reading {path} needs h5py (pip install h5py), or extract it first to images_<boxes>/"
         ) from err
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"cannot read {path} as HDF5 (MATLAB v7.3): {err}; download the file again") from err
+        raise DataFormatError(f"cannot read {path} as HDF5 (MATLAB v7.3): {err}; download the file again") from err

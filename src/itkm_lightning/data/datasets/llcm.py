@@ -27,6 +27,7 @@ from itkm_lightning.data.datasets.common import (
     walk_camera_folders,
 )
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
+from itkm_lightning.errors import DataFormatError
 
 SCENARIO = "vi"
 VISIBLE, INFRARED = 0, 1
@@ -97,7 +98,7 @@ class LLCM(FolderSource):
             samples.append(Sample(path=str(path), pid=label, camid=self._train_camera(relative), scenario=SCENARIO,
                                   group=group, source=self.source))
         if not samples:
-            raise ValueError(f"LLCM: {list_file} lists no images; re-extract the official idx files")
+            raise DataFormatError(f"LLCM: {list_file} lists no images; re-extract the official idx files")
         return samples
 
     @staticmethod

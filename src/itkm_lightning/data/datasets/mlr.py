@@ -13,6 +13,7 @@ from itkm_lightning.data.datasets.common import log_unmatched_queries, resolve_d
 from itkm_lightning.data.datasets.mlr_format import MLR_FOLDERS, MLR_OUTPUT_DIRS, read_mlr_folder
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource
+from itkm_lightning.errors import DataFormatError
 from itkm_lightning.evaluation import SINGLE_GALLERY_SHOT_DRAWS
 
 SCENARIO = "cr"
@@ -52,7 +53,7 @@ class _MLRSource(DatasetSource):
         target = dict(zip(MLR_FOLDERS, (bench.train, bench.query, bench.gallery)))
         for row in rows:
             if row.folder not in target or row.group not in (HIGH_RES, LOW_RES):
-                raise ValueError(f"{self.name}: manifest row {row.folder}/{row.file} has an unknown folder or group")
+                raise DataFormatError(f"{self.name}: manifest row {row.folder}/{row.file} has an unknown folder or group")
             target[row.folder].append(Sample(
                 path=str(dataset_dir / row.folder / row.file), pid=row.pid, camid=row.cam, scenario=SCENARIO,
                 group=row.group, source=self.name,
@@ -60,7 +61,7 @@ class _MLRSource(DatasetSource):
         for samples in target.values():
             samples.sort(key=lambda s: s.path)
         if not bench.query or not bench.gallery:
-            raise ValueError(f"{self.name}: {dataset_dir} has no query or no gallery images; rebuild it.")
+            raise DataFormatError(f"{self.name}: {dataset_dir} has no query or no gallery images; rebuild it.")
         log_unmatched_queries(bench)
         if not self.single_gallery_shot:
             return [bench]

@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from itkm_lightning.data.datasets.common import list_images, relative_key, require_dir
+from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError
 from itkm_lightning.fileio import atomic_write, atomic_write_text
 
 HIGH_RES, LOW_RES = 0, 1
@@ -93,14 +94,14 @@ def read_mlr_manifest(path: Path) -> list[ManifestRow]:
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MLR_MANIFEST_COLUMNS:
-            raise ValueError(
+            raise DataFormatError(
                 f"{path} has columns {reader.fieldnames}, expected {list(MLR_MANIFEST_COLUMNS)}; "
                 "rebuild it with `itkm prepare mlr`"
             )
         try:
             return [ManifestRow.from_csv(row) for row in reader]
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path} has a malformed row ({err}); rebuild it with `itkm prepare mlr`") from err
+            raise DataFormatError(f"{path} has a malformed row ({err}); rebuild it with `itkm prepare mlr`") from err
 
 
 # ============================================================================= the plan
@@ -233,7 +234,7 @@ def write_mlr_folder(plan: SourcePlan, dest: Path, progress: bool) -> BuildRepor
     _remove_temporaries(dest)
     if manifest_path.is_file() and manifest_path.read_text() != manifest:
         state = "built" if finished else "partly built"
-        raise ValueError(
+        raise ConfigError(
             f"{dest} was {state} from other settings or another copy of the source (its manifest.csv differs); "
             "remove that folder or choose another --out"
         )
@@ -261,7 +262,7 @@ def write_mlr_folder(plan: SourcePlan, dest: Path, progress: bool) -> BuildRepor
 def _write_image(plan: SourcePlan, item: PlannedFile, dest: Path) -> None:
     image = plan.open_image(item.image).convert("RGB")
     if image.size != (item.row.src_w, item.row.src_h):
-        raise ValueError(
+        raise DataFormatError(
             f"{item.row.source_path} is {image.size[0]}x{image.size[1]} but was planned at "
             f"{item.row.src_w}x{item.row.src_h}; the source changed during the build, run again"
         )
@@ -348,22 +349,22 @@ def read_mlr_folder(dataset_dir: Path, name: str, source_key: str) -> list[Manif
     """
     require_dir(dataset_dir, name, _mlr_tree(MLR_OUTPUT_DIRS[source_key], source_key))
     if not (dataset_dir / "meta.json").is_file():
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             f"{name}: {dataset_dir} has no meta.json, so its build did not finish; run "
             f"`itkm prepare mlr --source {source_key} ...` again to complete it (see data/README.md)."
         )
     meta = json.loads((dataset_dir / "meta.json").read_text())
     if meta.get("recipe") != MLR_RECIPE or meta.get("source") != source_key:
-        raise ValueError(
+        raise DataFormatError(
             f"{name}: {dataset_dir}/meta.json says recipe {meta.get('recipe')!r}, source "
             f"{meta.get('source')!r}; expected {MLR_RECIPE!r}, {source_key!r}. Rebuild it."
         )
     rows = read_mlr_manifest(dataset_dir / "manifest.csv")
     if not rows:
-        raise ValueError(f"{name}: {dataset_dir}/manifest.csv lists no image; rebuild it.")
+        raise DataFormatError(f"{name}: {dataset_dir}/manifest.csv lists no image; rebuild it.")
     missing = [f"{r.folder}/{r.file}" for r in rows if not (dataset_dir / r.folder / r.file).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             f"{name}: {len(missing)} images of the manifest are missing in {dataset_dir} (first: "
             f"{missing[0]}); run `itkm prepare mlr --source {source_key} ...` again to repair it."
         )

@@ -26,6 +26,7 @@ from itkm_lightning.data.datasets.mlr_format import (
     SourceImage,
     SourcePlan,
 )
+from itkm_lightning.errors import ConfigError, DataFormatError
 
 VIPER_TREE = """VIPeR/
   cam_a/000_45.bmp ...   one image per id and camera; the id is the number before the first '_'
@@ -61,7 +62,7 @@ def plan_cuhk03(release: CUHK03Release, split: int) -> SourcePlan:
     new_pid = {person: number for number, person in enumerate(persons, start=1)}
     test_persons = release.test_persons(split)
     if not test_persons & set(persons):
-        raise ValueError(f"CUHK03 split {split} names no person present in {release.root}; is the copy complete?")
+        raise DataFormatError(f"CUHK03 split {split} names no person present in {release.root}; is the copy complete?")
     images = []
     for image in all_images:
         is_test = (image.pair, image.person) in test_persons
@@ -84,9 +85,9 @@ def parse_id_range(text: str) -> range:
     try:
         low, high = (int(part) for part in text.split("-"))
     except ValueError:
-        raise ValueError(f"an id range is FIRST-LAST, e.g. 600-742; got {text!r}") from None
+        raise ConfigError(f"an id range is FIRST-LAST, e.g. 600-742; got {text!r}") from None
     if low > high:
-        raise ValueError(f"id range {text!r} is empty (FIRST > LAST)")
+        raise ConfigError(f"id range {text!r} is empty (FIRST > LAST)")
     return range(low, high + 1)
 
 
@@ -105,7 +106,7 @@ def plan_cuhk03_crops(root: Path, train_ids: range | None, test_ids: range | Non
         reader = csv.DictReader(handle)
         missing = [c for c in CROPS_COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
-            raise ValueError(f"{root / CROPS_LABELS} lacks the column(s) {missing}; expected {list(CROPS_COLUMNS)}")
+            raise DataFormatError(f"{root / CROPS_LABELS} lacks the column(s) {missing}; expected {list(CROPS_COLUMNS)}")
         rows = list(reader)
     if not rows:
         no_images_error("CUHK03 (labels.csv)", root / CROPS_LABELS)
@@ -113,12 +114,12 @@ def plan_cuhk03_crops(root: Path, train_ids: range | None, test_ids: range | Non
     test = set(test_ids) if test_ids is not None else set(pids[-100:])  # like a classic split: 100 test ids
     train = set(train_ids) if train_ids is not None else set(pids) - test
     if train & test:
-        raise ValueError(f"--train-ids and --test-ids overlap (e.g. id {min(train & test)}); hold test ids out")
+        raise ConfigError(f"--train-ids and --test-ids overlap (e.g. id {min(train & test)}); hold test ids out")
     images = []
     for row in rows:
         pid, view = int(row["pid"]), row["camera_view"]
         if view not in CROPS_CAMERA:
-            raise ValueError(f"{root / CROPS_LABELS}: camera_view must be A or B, got {view!r} for {row['path']}")
+            raise DataFormatError(f"{root / CROPS_LABELS}: camera_view must be A or B, got {view!r} for {row['path']}")
         cam = CROPS_CAMERA[view]
         if pid in test:
             folder = QUERY if cam == 2 else GALLERY
@@ -129,7 +130,7 @@ def plan_cuhk03_crops(root: Path, train_ids: range | None, test_ids: range | Non
         images.append(SourceImage(folder, pid, cam, row["path"], int(row["width"]), int(row["height"]),
                                   handle=root / row["path"]))
     if not any(i.folder == TRAIN for i in images) or not any(i.folder == QUERY for i in images):
-        raise ValueError(f"{root}: the id ranges select no training or no test images (ids {pids[0]}-{pids[-1]})")
+        raise ConfigError(f"{root}: the id ranges select no training or no test images (ids {pids[0]}-{pids[-1]})")
     ranges = {"train_ids": _range_text(train_ids), "test_ids": _range_text(test_ids)}
     settings = {"source_root": str(root.resolve()), "source_layout": "crops", "boxes": None, "split": None,
                 **ranges, "test_id_count": len(test & set(pids))}
@@ -171,7 +172,7 @@ def _check_viper_pairing(cam_a: list[Path], cam_b: list[Path]) -> None:
 
     prefixes_a, prefixes_b = [prefix(p) for p in cam_a], [prefix(p) for p in cam_b]
     if len(cam_a) != len(cam_b) or prefixes_a != prefixes_b or len(set(prefixes_a)) != len(prefixes_a):
-        raise ValueError(
+        raise DataFormatError(
             "VIPeR: the i-th sorted files of cam_a and cam_b do not share their id prefix (or ids repeat), so the "
             "torchreid and fast-reid id rules disagree on this copy; fix the copy (one image per id and camera)."
         )
@@ -183,4 +184,4 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {path} ({err}); replace or delete the file and run again") from err
+        raise DataFormatError(f"cannot read image {path} ({err}); replace or delete the file and run again") from err

@@ -8,6 +8,7 @@ from pathlib import Path
 from itkm_lightning.data.datasets.cc_samples import SCENARIO, SampleBuilder
 from itkm_lightning.data.datasets.common import FolderSource, first_with_train, list_images, no_images_error, parse_int
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
+from itkm_lightning.errors import ConfigError, DataFormatError
 
 PRCC_CAMERAS = {"A": 1, "B": 2, "C": 3}
 PRCC_TREE = """prcc/
@@ -23,7 +24,7 @@ def _prcc_pid_and_name(path: Path, folder: Path) -> tuple[int, str]:
     """(pid, file name) of ``folder/<pid>/<file>``; anything else is not the PRCC layout."""
     parts = path.relative_to(folder).parts
     if len(parts) != 2:
-        raise ValueError(f"PRCC: {path} is not in {folder}/<pid>/<image>; keep the official layout (see data/README.md)")
+        raise DataFormatError(f"PRCC: {path} is not in {folder}/<pid>/<image>; keep the official layout (see data/README.md)")
     return parse_int(parts[0], "identity folder", path), parts[1]
 
 
@@ -51,7 +52,7 @@ class PRCC(FolderSource):
 
     def __init__(self, path: str | None = None, single_shot: bool = False, trials: int = 10) -> None:
         if trials < 1:
-            raise ValueError(f"PRCC trials must be >= 1; got {trials}")
+            raise ConfigError(f"PRCC trials must be >= 1; got {trials}")
         self.path = path
         self.single_shot = single_shot
         self.trials = trials
@@ -77,7 +78,7 @@ class PRCC(FolderSource):
             pid, file_name = _prcc_pid_and_name(path, folder)
             letter = file_name[:1]
             if letter not in PRCC_CAMERAS:
-                raise ValueError(f"PRCC: training file {path} should start with the camera letter A, B or C")
+                raise DataFormatError(f"PRCC: training file {path} should start with the camera letter A, B or C")
             samples.append(builder.sample(path, pid, PRCC_CAMERAS[letter], _prcc_clothes(pid, letter)))
         if not samples:
             no_images_error("PRCC", folder)

@@ -18,6 +18,7 @@ from itkm_lightning.data.datasets.common import (
     require_file,
 )
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
+from itkm_lightning.errors import ConfigError, DataFormatError
 
 SCENARIO = "vi"
 VISIBLE, INFRARED = 0, 1
@@ -55,7 +56,7 @@ class RegDB(FolderSource):
         directions: list[Literal["v2t", "t2v"]] | None = None,
     ) -> None:
         if not 1 <= trial <= 10:
-            raise ValueError(f"RegDB trial must be 1..10 (idx/*_<trial>.txt); got {trial}")
+            raise ConfigError(f"RegDB trial must be 1..10 (idx/*_<trial>.txt); got {trial}")
         directions = chosen_subset(directions, ("v2t", "t2v"), "RegDB directions")
         self.path = path
         self.trial = trial
@@ -78,7 +79,7 @@ class RegDB(FolderSource):
         list_file = require_file(dataset_dir / "idx" / f"{split}_{modality}_{self.trial}.txt", "RegDB", REGDB_TREE)
         entries = read_labelled_list(list_file)
         if not entries:
-            raise ValueError(f"RegDB: {list_file} lists no images; re-extract the official idx files")
+            raise DataFormatError(f"RegDB: {list_file} lists no images; re-extract the official idx files")
         group = VISIBLE if modality == "visible" else INFRARED
         samples = []
         for relative, label in entries:

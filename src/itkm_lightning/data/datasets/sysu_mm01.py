@@ -27,6 +27,7 @@ from itkm_lightning.data.datasets.common import (
     walk_camera_folders,
 )
 from itkm_lightning.data.schema import BenchmarkSplit, Sample
+from itkm_lightning.errors import ConfigError
 
 SCENARIO = "vi"
 VISIBLE, INFRARED = 0, 1
@@ -66,7 +67,7 @@ def sysu_gallery(root: str | Path, mode: Literal["all", "indoor"], trial: int) -
         trial: the trial number, 0-9 in the official protocol.
     """
     if mode not in SYSU_GALLERY_CAMERAS:
-        raise ValueError(f"SYSU-MM01 mode must be 'all' or 'indoor'; got {mode!r}")
+        raise ConfigError(f"SYSU-MM01 mode must be 'all' or 'indoor'; got {mode!r}")
     root = require_dir(Path(root), "SYSU-MM01", SYSU_TREE)
     ids = _sysu_ids(root, "test")
     return [str(p) for p in official_single_shot_draw(root, ids, SYSU_GALLERY_CAMERAS[mode], trial)]
