@@ -8,8 +8,9 @@ Measurements (benchmarks/README.md explains each):
             straightforward dense implementation (N x N distances, dense Jaccard, DBSCAN on the dense matrix):
             time, peak memory, adjusted Rand index between the two label sets. Also, from the same exact kNN
             ranks: the graph part (Jaccard + DBSCAN) of ours against the code before issue 18 (clustering.py
-            at BEFORE_REV, loaded from git: all-pairs Jaccard + scikit-learn DBSCAN), the approximate IVF
-            search (ARI against exact), and, with --reference DIR (a folder holding Cluster-Contrast's
+            at BEFORE_REV, loaded from git: all-pairs Jaccard + scikit-learn DBSCAN) and against the pruned
+            path as first written (PREVIOUS_REV), the approximate searches (IVF; bfloat16 candidates re-scored
+            in float32) with ARI against exact, and, with --reference DIR (a folder holding Cluster-Contrast's
             faiss_rerank.py and faiss_utils.py, from a clone outside this repository) at N <= 20k, the
             reference pipeline: compute_jaccard_distance (CPU faiss) + scikit-learn DBSCAN.
   ddp       the sharded kNN behind the pseudo-labels with 1 vs 2 gloo processes (one thread each).
@@ -41,7 +42,10 @@ DENSE_MAX_N = 30_000
 REFERENCE_MAX_N = 20_000  # Cluster-Contrast's code holds two dense N x N float32 matrices (3.2 GB at 20k)
 # The code before issue 18 (graph part: all-pairs Jaccard, scikit-learn DBSCAN), measured from git.
 BEFORE_REV = "03d605d"
-APPROXIMATE = {"index": "ivf", "nprobe": 16}  # one N x N float32 matrix is 3.6 GB here; 100k would need 40 GB per matrix
+# The first pruned path of issue 18 (two candidate products, scipy's minimum over every candidate).
+PREVIOUS_REV = "78eb567"
+APPROXIMATE = {"index": "ivf", "nprobe": 16}
+BFLOAT16 = {"index": "bf16"}  # one N x N float32 matrix is 3.6 GB here; 100k would need 40 GB per matrix
 THREADS = 2
 REFERENCE_DIR: str | None = None  # --reference
 
@@ -139,16 +143,21 @@ def dense_pseudo_labels(features, k1: int, k2: int, eps: float, min_samples: int
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(jaccard)
 
 
-def _clustering_before():
-    """clustering.py as it was at BEFORE_REV, imported from a temporary file (git show)."""
+def _clustering_before(rev: str = BEFORE_REV):
+    """clustering.py as it was at ``rev``, imported from a temporary file (git show)."""
     import importlib.util
 
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{BEFORE_REV}:src/itkm_lightning/clustering.py"],
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:src/itkm_lightning/clustering.py"],
                             capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "clustering_before.py"
+    path = Path(tempfile.mkdtemp()) / f"clustering_{rev}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("clustering_before", path)
+    # That file imported DBSCAN from its sibling module of the time, now clustering/dbscan.py (unchanged since).
+    from itkm_lightning.clustering import dbscan
+
+    sys.modules.setdefault("itkm_lightning.sparse_dbscan", dbscan)
+    spec = importlib.util.spec_from_file_location(f"clustering_{rev}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -156,9 +165,10 @@ def _clustering_before():
 def child_pseudo(n: int, method: str, labels_out: str, ranks_path: str | None = None) -> dict:
     """One pseudo-label pipeline on the synthetic features; the graph part timed from saved exact ranks.
 
-    method: "sparse" (ours: exact kNN, saved to ranks_path, then the graph part), "before" (the graph part of
-    the code at BEFORE_REV from the saved ranks), "approximate" (ours with the IVF index), "dense",
-    "reference" (Cluster-Contrast, with its own CPU faiss search).
+    method: "sparse" (ours: exact kNN, saved to ranks_path, then the graph part), "before" / "previous" (the
+    graph part of the code at BEFORE_REV / PREVIOUS_REV from the saved ranks), "approximate" / "bf16" (ours with
+    the IVF index / bfloat16 candidates re-scored in float32), "dense", "reference" (Cluster-Contrast, with its
+    own CPU faiss search). Every child records the machine's load average as it starts.
     """
     import numpy as np
 
@@ -166,26 +176,27 @@ def child_pseudo(n: int, method: str, labels_out: str, ranks_path: str | None = 
 
     set_threads(THREADS)
     features, _ = synthetic_features(n)
+    load = os.getloadavg()[0]
     start, cpu_start = time.perf_counter(), time.process_time()
-    knn_s = None
+    knn_s = graph_cpu_start = None
     if method == "sparse":
         knn_start = time.perf_counter()
         _, ranks = knn(features, features, CLUSTERING["k1"])
         knn_s = time.perf_counter() - knn_start
         np.save(ranks_path, ranks)
-        graph_start = time.perf_counter()
+        graph_start, graph_cpu_start = time.perf_counter(), time.process_time()
         labels = cluster(features, ranks=ranks, **CLUSTERING)
-    elif method == "before":
-        before = _clustering_before()
+    elif method in ("before", "previous"):
+        before = _clustering_before(BEFORE_REV if method == "before" else PREVIOUS_REV)
         ranks = np.load(ranks_path)
         start, cpu_start = time.perf_counter(), time.process_time()
-        graph_start = start
+        graph_start, graph_cpu_start = start, cpu_start
         labels = before.cluster(features, ranks=ranks, **CLUSTERING)
-    elif method == "approximate":
+    elif method in ("approximate", "bf16"):
         knn_start = time.perf_counter()
-        _, ranks = knn(features, features, CLUSTERING["k1"], **APPROXIMATE)
+        _, ranks = knn(features, features, CLUSTERING["k1"], **(APPROXIMATE if method == "approximate" else BFLOAT16))
         knn_s = time.perf_counter() - knn_start
-        graph_start = time.perf_counter()
+        graph_start, graph_cpu_start = time.perf_counter(), time.process_time()
         labels = cluster(features, ranks=ranks, **CLUSTERING)
     elif method == "reference":
         graph_start = None
@@ -197,7 +208,9 @@ def child_pseudo(n: int, method: str, labels_out: str, ranks_path: str | None = 
     np.save(labels_out, labels)
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "knn_seconds": knn_s,
             "graph_seconds": None if graph_start is None else time.perf_counter() - graph_start,
-            "peak_gib": peak_rss_gib(), "clusters": int(labels.max() + 1), "outliers": int((labels < 0).sum())}
+            "graph_cpu_seconds": None if graph_cpu_start is None else time.process_time() - graph_cpu_start,
+            "load_average": load, "peak_gib": peak_rss_gib(), "clusters": int(labels.max() + 1),
+            "outliers": int((labels < 0).sum())}
 
 
 def reference_pseudo_labels(features, k1: int, k2: int, eps: float, min_samples: int):
@@ -229,7 +242,7 @@ def _ddp_worker(rank: int, world_size: int, n: int, init_file: str, out: str) ->
     import torch
     import torch.distributed as dist
 
-    from itkm_lightning.callbacks.pseudo_labels import cluster_blocks_distributed
+    from itkm_lightning.clustering.blocks import cluster_blocks_distributed
     from itkm_lightning.config import ClusteringConfig
     from itkm_lightning.distributed import sharded_knn
 
@@ -247,8 +260,10 @@ def _ddp_worker(rank: int, world_size: int, n: int, init_file: str, out: str) ->
     dist.barrier()
     total_s = time.perf_counter() - start
     if rank == 0:
-        Path(out).write_text(json.dumps({"knn_seconds": knn_s, "pseudo_label_seconds": total_s,
-                                         "clusters": int(labels.max() + 1)}))
+        from itkm_lightning.fileio import atomic_write_text
+
+        atomic_write_text(out, json.dumps({"knn_seconds": knn_s, "pseudo_label_seconds": total_s,
+                                           "clusters": int(labels.max() + 1)}))
     dist.destroy_process_group()
 
 
@@ -289,7 +304,7 @@ def child_evaluate(loop_queries: int = 300) -> dict:
 def _smoke_backbone():
     import yaml
 
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     return BackboneConfig(**yaml.safe_load((REPO / "conf/smoke.yaml").read_text())["model"]["backbone"])
 
@@ -297,7 +312,7 @@ def _smoke_backbone():
 def _demo_backbone():
     import yaml
 
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     return BackboneConfig(**yaml.safe_load((REPO / "conf/demo.yaml").read_text())["model"]["backbone"])
 
@@ -392,7 +407,7 @@ def child_extract(batches: int = 8, batch_size: int = 64, rounds: int = 2) -> di
     import torch
     import torch.nn.functional as F
 
-    from itkm_lightning.models.clip import CLIPImageEncoder
+    from itkm_lightning.models.clip_image import CLIPImageEncoder
 
     set_threads(THREADS)
     backbone = _demo_backbone()
@@ -457,18 +472,21 @@ def bench_pseudo(sizes: list[int], reference: str | None) -> list[dict]:
             sparse = run_child("pseudo", n=n, method="sparse", labels_out=f"{tmp}/sparse{n}.npy", ranks_path=ranks_path)
             row = {"n": n, "dim": DIM, **CLUSTERING, "sparse": sparse}
             if "error" not in sparse:
-                print(f"pseudo-labels N={n}: graph part of the code at {BEFORE_REV} ...", flush=True)
-                row["before"] = run_child("pseudo", n=n, method="before", labels_out=f"{tmp}/before{n}.npy",
-                                          ranks_path=ranks_path)
-                if "error" not in row["before"]:
-                    row["ari_sparse_vs_before"] = float(adjusted_rand_score(labels("before", n), labels("sparse", n)))
-                    row["points_differing_from_before"] = int((labels("before", n) != labels("sparse", n)).sum())
-                print(f"pseudo-labels N={n}: approximate kNN {APPROXIMATE} ...", flush=True)
-                row["approximate"] = run_child("pseudo", n=n, method="approximate",
-                                               labels_out=f"{tmp}/approximate{n}.npy")
-                if "error" not in row["approximate"]:
-                    row["ari_approximate_vs_exact"] = float(adjusted_rand_score(labels("sparse", n),
-                                                                                labels("approximate", n)))
+                for method, rev in (("previous", PREVIOUS_REV), ("before", BEFORE_REV)):
+                    print(f"pseudo-labels N={n}: graph part of the code at {rev} ...", flush=True)
+                    row[method] = run_child("pseudo", n=n, method=method, labels_out=f"{tmp}/{method}{n}.npy",
+                                            ranks_path=ranks_path)
+                    if "error" not in row[method]:
+                        row[f"ari_sparse_vs_{method}"] = float(adjusted_rand_score(labels(method, n),
+                                                                                   labels("sparse", n)))
+                        row[f"points_differing_from_{method}"] = int((labels(method, n) != labels("sparse", n)).sum())
+                for method, options in (("approximate", APPROXIMATE), ("bf16", BFLOAT16)):
+                    print(f"pseudo-labels N={n}: approximate kNN {options} ...", flush=True)
+                    row[method] = run_child("pseudo", n=n, method=method, labels_out=f"{tmp}/{method}{n}.npy")
+                    if "error" not in row[method]:
+                        row[f"ari_{method}_vs_exact"] = float(adjusted_rand_score(labels("sparse", n),
+                                                                                  labels(method, n)))
+                        row[f"points_differing_{method}_vs_exact"] = int((labels(method, n) != labels("sparse", n)).sum())
             if reference and n <= REFERENCE_MAX_N:
                 print(f"pseudo-labels N={n}: Cluster-Contrast reference ...", flush=True)
                 row["reference"] = run_child("pseudo", n=n, method="reference", labels_out=f"{tmp}/reference{n}.npy")
@@ -502,6 +520,28 @@ def ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def _exactness_rows(row: dict):
+    """(title, ours, baseline, note) of one size's graph-part and approximate-search comparisons (ours None: error)."""
+    s, n = row["sparse"], row["n"]
+    for method, rev in (("previous", PREVIOUS_REV), ("before", BEFORE_REV)):
+        other = row.get(method)
+        if other and "seconds" in other:
+            yield (f"graph part N={n} (s) vs code at {rev}", s["graph_seconds"], other["seconds"],
+                   f"ARI {row[f'ari_sparse_vs_{method}']:.4f}, {row[f'points_differing_from_{method}']} labels differ; "
+                   f"CPU {s['graph_cpu_seconds']:.1f} vs {other['cpu_seconds']:.1f} s; load "
+                   f"{s['load_average']:.1f} / {other['load_average']:.1f}")
+        elif other:
+            yield f"graph part N={n} vs code at {rev}", None, None, other.get("error", "")
+    for method, name in (("approximate", "IVF"), ("bf16", "bf16 + f32")):
+        other = row.get(method)
+        if other and "seconds" in other:
+            yield (f"pseudo-labels N={n} (s): {name} vs exact kNN", other["seconds"], s["seconds"],
+                   f"ARI vs exact {row[f'ari_{method}_vs_exact']:.4f} ({row[f'points_differing_{method}_vs_exact']} "
+                   f"labels differ); kNN {other['knn_seconds']:.1f} vs {s['knn_seconds']:.1f} s")
+        elif other:
+            yield f"pseudo-labels N={n}: {name}", None, None, other.get("error", "")
+
+
 def print_table(results: dict) -> None:
     lines = [f"{'measurement':<50} {'ours':>10} {'baseline':>10} {'ratio':>8}", "-" * 81]
 
@@ -528,19 +568,11 @@ def print_table(results: dict) -> None:
                  ratio(ref["seconds"], s["seconds"]), f"ARI vs reference {row['ari_sparse_vs_reference']:.4f}")
         elif ref:
             line(f"pseudo-labels N={n} vs Cluster-Contrast", "error", "", "", ref.get("error", ""))
-        before = row.get("before")
-        if before and "seconds" in before:
-            line(f"graph part N={n} (s) vs code at {BEFORE_REV}", f"{s['graph_seconds']:.1f}",
-                 f"{before['seconds']:.1f}", ratio(before["seconds"], s["graph_seconds"]),
-                 f"ARI {row['ari_sparse_vs_before']:.4f}, {row['points_differing_from_before']} labels differ")
-        elif before:
-            line(f"graph part N={n} vs code at {BEFORE_REV}", "error", "", "", before.get("error", ""))
-        approx = row.get("approximate")
-        if approx and "seconds" in approx:
-            line(f"pseudo-labels N={n} (s): IVF vs exact kNN", f"{approx['seconds']:.1f}", f"{s['seconds']:.1f}",
-                 ratio(s["seconds"], approx["seconds"]),
-                 f"ARI vs exact {row['ari_approximate_vs_exact']:.4f}; kNN {approx['knn_seconds']:.1f} vs "
-                 f"{s['knn_seconds']:.1f} s")
+        for title, ours, base, note in _exactness_rows(row):
+            if ours is None:
+                line(title, "error", "", "", note)
+            else:
+                line(title, f"{ours:.1f}", f"{base:.1f}", ratio(base, ours), note)
     ddp = results.get("sharded_knn")
     if ddp and "knn_seconds" in ddp["1"] and "knn_seconds" in ddp["2"]:
         line(f"sharded kNN N={ddp['n']} (s), 2 vs 1 process", f"{ddp['2']['knn_seconds']:.1f}",
@@ -610,9 +642,10 @@ def main() -> None:
     if "extract" in only:
         print("feature extraction fp32 / bf16 ...", flush=True)
         results["extraction"] = run_child("extract")
+    from itkm_lightning.fileio import atomic_write_json
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(out, results)
     print_table(results)
     print(f"wrote {out}")
 

@@ -31,7 +31,7 @@ for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from itkm_lightning.evaluation import cosine_distance  # noqa: E402
-from itkm_lightning.rerank import re_ranking  # noqa: E402
+from itkm_lightning.evaluation.rerank import re_ranking  # noqa: E402
 
 NUM_IDS = 750
 

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from itkm_lightning.callbacks.heterogeneous import majority_identity
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sources import SyntheticBenchmark
+from itkm_lightning.fileio import atomic_write_text
 from itkm_lightning.matching import group_centred_similarity, match_clusters
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1
 
 CRITERIA = [  # (name, centred similarity, reliability, threshold, quantile)
@@ -106,8 +107,7 @@ def main() -> None:
             if name != "_":
                 print(f"  {name:24s} pairs {r['pairs']:4d}  right {r['right']:4d}  precision {r['precision']:.3f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(table, fh, indent=1)
+        atomic_write_text(args.json, json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":

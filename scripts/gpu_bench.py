@@ -45,7 +45,7 @@ def sync(device: torch.device) -> None:
 
 
 def backbone_config(smoke: bool):
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     if smoke:
         return BackboneConfig(pretrained=False, image_size=(64, 32), projection_dim=16, vision=TINY,
@@ -139,7 +139,7 @@ def bench_train(device: torch.device, smoke: bool, steps: int, warmup: int) -> d
 
 
 def bench_extract(device: torch.device, smoke: bool, batches: int) -> dict:
-    from itkm_lightning.models.clip import CLIPImageEncoder
+    from itkm_lightning.models.clip_image import CLIPImageEncoder
 
     backbone = backbone_config(smoke)
     torch.manual_seed(0)
@@ -165,7 +165,8 @@ def bench_extract(device: torch.device, smoke: bool, batches: int) -> dict:
 
 
 def bench_pseudo(device: torch.device, sizes: list[int]) -> list[dict]:
-    from itkm_lightning.clustering import _faiss_available, cluster, knn
+    from itkm_lightning.clustering import cluster, knn
+    from itkm_lightning.clustering.knn_search import _faiss_available
 
     rows = []
     for n in sizes:
@@ -216,7 +217,9 @@ def main() -> None:
     if "pseudo" in only:
         results["pseudo"] = bench_pseudo(device, sizes)
     results["wall_seconds"] = time.perf_counter() - started
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    from itkm_lightning.fileio import atomic_write_json
+
+    atomic_write_json(args.out, results)
     print(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 

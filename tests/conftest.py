@@ -11,6 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -42,6 +43,37 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_backbone():
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     return BackboneConfig(**TINY_BACKBONE)
+
+
+class TrainedRun(NamedTuple):
+    run_dir: Path
+    """A Stage-I-only run directory: ``checkpoints/last.ckpt``."""
+    handoff: Path
+    """The same weights as a Stage I hand-over file, in another folder."""
+    stage: object
+    """The Stage1 module (eval mode) both files hold."""
+
+
+@pytest.fixture()
+def trained(tmp_path, tiny_backbone) -> TrainedRun:
+    """A Stage I module whose weights were moved away from the init (a model that failed to load would score
+    differently), saved as a run directory's checkpoint and as a hand-over file."""
+    from itkm_lightning.handoffs import save_handoff
+    from itkm_lightning.stages.stage1 import Stage1
+
+    torch.manual_seed(3)
+    stage = Stage1(backbone=tiny_backbone)
+    with torch.no_grad():
+        for param in stage.encoder.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
+                "pytorch-lightning_version": "2.6"}, ckpt)
+    handoff = tmp_path / "other" / "stage1" / "handoff.pt"
+    save_handoff(handoff, {"stage": "stage1", "encoder": stage.encoder_state(), "backbone": tiny_backbone.model_dump()})
+    return TrainedRun(run_dir, handoff, stage.eval())

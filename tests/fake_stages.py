@@ -6,6 +6,7 @@ training continued from the Stage I hand-over, as the real Stage III starts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -13,8 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.handoffs import Handoff, Stage1Handoff
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1
+
+
+@dataclass(eq=False)
+class FakeTextHandoff(Handoff):
+    text_features: torch.Tensor
+    labels: torch.Tensor
+    epochs_run: list[int]
 
 
 class FakeStage2(L.LightningModule):
@@ -22,6 +31,8 @@ class FakeStage2(L.LightningModule):
 
     stage_name = "stage2"
     evaluates_images = False
+    receives = {"stage1": Stage1Handoff}
+    checkpoint_omits = ()
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), dim: int = 4, steps_per_epoch: int = 3,
                  crash_at_epoch: int | None = None) -> None:
@@ -33,11 +44,11 @@ class FakeStage2(L.LightningModule):
         self.prompts: torch.nn.Parameter | None = None
         self.labels: torch.Tensor | None = None
         self.epochs_run: list[int] = []
-        self.received: dict[str, dict] = {}
+        self.received: dict[str, Handoff] = {}
 
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
+    def receive_handoff(self, handoffs: dict[str, Handoff]) -> None:
         self.received = handoffs
-        self.labels = handoffs["stage1"]["labels"]
+        self.labels = handoffs["stage1"].labels
         num_clusters = int(self.labels.max()) + 1
         self.prompts = torch.nn.Parameter(torch.zeros(num_clusters, self.dim))
 
@@ -59,9 +70,9 @@ class FakeStage2(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=0.1)
 
-    def make_handoff(self, datamodule) -> dict:
-        return {"stage": "stage2", "text_features": F.normalize(self.prompts.detach().cpu(), dim=1),
-                "labels": self.labels.clone(), "epochs_run": list(self.epochs_run)}
+    def make_handoff(self, datamodule) -> FakeTextHandoff:
+        return FakeTextHandoff(stage="stage2", text_features=F.normalize(self.prompts.detach().cpu(), dim=1),
+                               labels=self.labels.clone(), epochs_run=list(self.epochs_run))
 
     def extra_results(self) -> dict:
         return {"stage2_text": {"num_clusters": int(self.prompts.shape[0])}}
@@ -71,8 +82,9 @@ class FakeStage3(Stage1):
     """Stage I's training again, starting from the Stage I encoder of the hand-over."""
 
     stage_name = "stage3"
+    receives = {"stage1": Stage1Handoff, "stage2": FakeTextHandoff}
 
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
+    def receive_handoff(self, handoffs: dict[str, Handoff]) -> None:
         assert set(handoffs) == {"stage1", "stage2"}, set(handoffs)
-        self.encoder.load_state_dict(handoffs["stage1"]["encoder"])
-        self.received_text = handoffs["stage2"]["text_features"]
+        self.encoder.load_state_dict(handoffs["stage1"].encoder)
+        self.received_text = handoffs["stage2"].text_features

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from itkm_lightning.cli import _error_line, main
+from itkm_lightning.command import main
+from itkm_lightning.errors import error_line
 from itkm_lightning.data.dataset import UnreadableImageError, load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def test_worker_wrapped_errors_show_the_original_message():
         '  File "x.py", line 1\nitkm_lightning.data.dataset.UnreadableImageError: cannot read image /d/a.png (bad); '
         "replace or delete the file and run again"
     )
-    assert _error_line(wrapped).startswith("cannot read image /d/a.png")
+    assert error_line(wrapped).startswith("cannot read image /d/a.png")
 
 
 def test_unavailable_pretrained_backbone_is_one_line(tmp_path, capsys):

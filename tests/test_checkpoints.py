@@ -16,8 +16,8 @@ from itkm_lightning.checkpoints import (
     check_compatible,
     checkpoint_identity,
     read_checkpoint,
-    resume_checkpoint,
 )
+from itkm_lightning.resume import resume_checkpoint
 from itkm_lightning.loggers import _ResumableWriter
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,22 +124,31 @@ def _crashing_check(encoder, path):
     raise ValueError(f"cannot load {path} back")  # e.g. a program that torch.export.load rejects
 
 
-@pytest.mark.parametrize("check, expected", [(lambda encoder, path: 1.0, "differs from the checkpoint by 1.00e+00"),
-                                             (_crashing_check, "cannot load")])
-def test_export_that_fails_its_parity_check_leaves_no_file(check, expected, tmp_path, trained, capsys, monkeypatch):
+def test_export_that_fails_its_parity_check_leaves_no_file(tmp_path, trained, capsys, monkeypatch):
     from itkm_lightning.tools import export
 
-    monkeypatch.setattr(export, "parity", check)
+    monkeypatch.setattr(export, "parity", lambda encoder, path: 1.0)
     ckpt, _ = trained
     line = one_line_error(["export", str(ckpt), "--out", str(tmp_path / "out" / "e.pt2")], capsys)
-    assert expected in line
+    assert "differs from the checkpoint by 1.00e+00" in line
     assert list((tmp_path / "out").iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_export_whose_check_crashes_keeps_the_traceback_and_leaves_no_file(tmp_path, trained, monkeypatch):
+    # torch failing to load its own export is not a user error: the traceback shows where, and still no file is left.
+    from itkm_lightning.tools import export
+
+    monkeypatch.setattr(export, "parity", _crashing_check)
+    ckpt, _ = trained
+    with pytest.raises(ValueError, match="cannot load"):
+        main(["export", str(ckpt), "--out", str(tmp_path / "out" / "e.pt2")])
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 # ------------------------------------------------------------------ search
 def embedding_folder(tmp_path: Path, name: str = "gallery") -> Path:
     from itkm_lightning.data.schema import Sample
-    from itkm_lightning.tools.features import save_embeddings
+    from itkm_lightning.tools.embedding_files import save_embeddings
 
     samples = [Sample(path=f"/img/{i}.jpg", pid=-1, camid=-1, scenario="vi", group=0, source="t") for i in range(6)]
     features = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
@@ -192,7 +201,7 @@ def test_embed_config_with_a_misspelled_source(source, expected, tmp_path, capsy
 
 
 def test_embed_config_takes_the_overrides_of_fit(tmp_path, trained, synthetic_root):
-    from itkm_lightning.tools.features import load_embeddings
+    from itkm_lightning.tools.embedding_files import load_embeddings
 
     ckpt, _ = trained
     main(["embed", "--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),
@@ -205,4 +214,52 @@ def test_embed_config_takes_the_overrides_of_fit(tmp_path, trained, synthetic_ro
 def test_weights_only_false_is_refused(tmp_path, capsys):
     line = one_line_error(["fit", *smoke(tmp_path, "--weights_only", "false")], capsys)
     assert "--weights_only false is not supported" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
+    from itkm_lightning.errors import ConfigError
+
+    def tool(error):
+        def run(argv):
+            raise error
+        return run
+
+    monkeypatch.setattr("itkm_lightning.tools.report.main", tool(ConfigError("--x 3: must be even; pass --x 4")))
+    assert one_line_error(["report"], capsys) == "itkm report: error: --x 3: must be even; pass --x 4"
+    monkeypatch.setattr("itkm_lightning.tools.report.main", tool(KeyError("a bug")))
+    with pytest.raises(KeyError, match="a bug"):
+        main(["report"])
+
+
+def _raising(error: BaseException):
+    def run(*args, **kwargs):
+        raise error
+    return run
+
+
+def test_search_reports_its_own_errors_in_one_line_and_a_plain_value_error_with_its_traceback(tmp_path, capsys,
+                                                                                              monkeypatch):
+    # A bare ValueError is no longer taken for a user error: only the project's classes (ITKMError) are one line.
+    gallery = embedding_folder(tmp_path)
+    line = one_line_error(["search", str(gallery), "--gallery", str(gallery), "--topk", "0"], capsys)
+    assert line == "itkm search: error: --topk must be >= 1, got 0"
+    monkeypatch.setattr("itkm_lightning.tools.search.search_results", _raising(ValueError("a bug in search")))
+    with pytest.raises(ValueError, match="a bug in search"):
+        main(["search", str(gallery), "--gallery", str(gallery)])
+
+
+def test_fit_reports_a_config_error_in_one_line_and_a_plain_value_error_with_its_traceback(tmp_path, capsys,
+                                                                                           monkeypatch):
+    from itkm_lightning.errors import ConfigError
+
+    monkeypatch.setattr("itkm_lightning.run_record.check_run_dir", _raising(ConfigError("--x: cannot work; fix it")))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *smoke(tmp_path)])
+    err = capsys.readouterr().err  # Lightning may log "Seed set to 0" first
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert "itkm: error: --x: cannot work; fix it" in err.splitlines(), err
+    monkeypatch.setattr("itkm_lightning.run_record.check_run_dir", _raising(ValueError("a bug in fit")))
+    with pytest.raises(ValueError, match="a bug in fit"):
+        main(["fit", *smoke(tmp_path)])
     assert not (tmp_path / "run").exists()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 # Overlays (conf/ablations) are not standalone configs: tests/test_ablations.py composes them;

@@ -11,17 +11,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from itkm_lightning.models.clip import (
-    BackboneConfig,
-    BackboneUnavailableError,
-    CLIPImageEncoder,
-    CLIPTextEncoder,
-    check_clip_layout,
-    clip_tokenizer,
-    load_clip_model,
-    resize_position_table,
-)
-from itkm_lightning.models.tokenizer import CLIP_VOCAB_SIZE, open_clip_bpe_path, write_clip_vocab_files
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder, resize_position_table
+from itkm_lightning.models.clip_loading import BackboneUnavailableError, check_clip_layout, load_clip_model
+from itkm_lightning.models.clip_text import CLIPTextEncoder
+from itkm_lightning.models.tokenizer import CLIP_VOCAB_SIZE, clip_tokenizer, open_clip_bpe_path, write_clip_vocab_files
 
 torch.set_num_threads(1)
 
@@ -190,6 +184,15 @@ def test_new_and_pretrained_parameters_partition(tiny_backbone):
     assert {id(p) for p in encoder.patch_embeddings.parameters()} <= pretrained_ids
     single = make_encoder(make_config(tiny_backbone, dual_branch=False, scenario_embedding="none"))
     assert single.new_parameters() == []
+
+
+def test_checkpoint_keys_keep_their_order(tiny_backbone):
+    """Parameters are created and registered in one fixed order: seeded runs start from the same weights and
+    checkpoints keep their keys."""
+    keys = list(make_encoder(tiny_backbone).state_dict())
+    assert keys[:5] == ["class_embedding", "position_embedding", "scenario_embedding", "patch_embeddings.0.weight",
+                        "patch_embeddings.1.weight"]
+    assert keys[-2:] == ["post_layernorm.bias", "visual_projection.weight"]
 
 
 @pytest.mark.parametrize("config", ["ums.yaml", "demo.yaml", "smoke.yaml"])

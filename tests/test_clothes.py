@@ -6,24 +6,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from itkm_lightning.data import synthetic_render as render
+from itkm_lightning.synthetic import render, world
 from itkm_lightning.data.clothes import LIP_CLOTHES_LABELS, ClothesMasker
 
 
 @pytest.fixture
 def person() -> tuple[Image.Image, Image.Image]:
     rng = np.random.default_rng(5)
-    outfit = render.Outfit(
-        upper=render.NamedColour("red", (200, 35, 40)),
-        lower=render.NamedColour("blue", (45, 95, 210)),
+    outfit = world.Outfit(
+        upper=world.NamedColour("red", (200, 35, 40)),
+        lower=world.NamedColour("blue", (45, 95, 210)),
         pattern="stripes",
-        pattern_colour=render.NamedColour("white", (235, 235, 230)),
+        pattern_colour=world.NamedColour("white", (235, 235, 230)),
         pattern_period=0.05,
         sleeves="long",
         lower_kind="trousers",
     )
     return render.render_person(
-        render.sample_identity(rng), outfit, render.sample_camera_style(rng), rng, (128, 64)
+        world.sample_identity(rng), outfit, world.sample_camera_style(rng), rng, (128, 64)
     )
 
 

@@ -48,8 +48,9 @@ def test_job_scripts_have_one_marked_place_to_activate_an_environment():
 
 
 def test_requeue_checkpoint_location_in_readme_is_where_the_code_looks(tmp_path):
-    from itkm_lightning.pipeline import Pipeline, stage_trainer_kwargs
-    from itkm_lightning.slurm import requeue_checkpoint
+    from itkm_lightning.pipeline import Pipeline
+    from itkm_lightning.trainer_setup import stage_trainer_kwargs
+    from itkm_lightning.resume import requeue_checkpoint
 
     readme = (REPO / "README.md").read_text()
     assert "`<run_dir>/<stage>/hpc_ckpt_<n>.ckpt`" in readme
@@ -76,7 +77,7 @@ def test_progress_bars_only_on_a_terminal(terminal, synthetic_root, tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["itkm"])
     cli = ITKMCLI(args=["--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),
                         "--run_dir", str(tmp_path / "run")], run=False)
-    trainer = cli.instantiate_trainer("stage2")
+    trainer = cli.trainer_setup.build("stage2")
     assert isinstance(trainer.progress_bar_callback, RichProgressBar) is terminal
     if not terminal:
         assert trainer.progress_bar_callback is None

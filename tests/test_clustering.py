@@ -11,7 +11,10 @@ import torch
 from sklearn.cluster import DBSCAN, HDBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from itkm_lightning import clustering
+from itkm_lightning.clustering import hdbscan, knn_search
+from itkm_lightning.clustering import pruned as pruning
+from itkm_lightning.clustering import neighbourhoods as steps
+from itkm_lightning.clustering import overlaps as overlap_steps
 from itkm_lightning.clustering import cluster, jaccard_distance, knn
 
 torch.set_num_threads(1)
@@ -198,7 +201,7 @@ def test_dbscan_labels_equal_dense_dbscan(seed: int) -> None:
 
 def far_filled(reference: np.ndarray) -> np.ndarray:
     """Dense matrix with the pairs that share no weight (distance 1) marked unrelated (far = 2)."""
-    return np.where(reference >= 1 - 1e-9, clustering.HDBSCAN_FAR_DISTANCE, reference)
+    return np.where(reference >= 1 - 1e-9, hdbscan.HDBSCAN_FAR_DISTANCE, reference)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -209,7 +212,7 @@ def test_hdbscan_matches_dense_hdbscan(seed: int) -> None:
     assert len(set(dense_model.labels_) - {-1}) >= 2
 
     sparse = jaccard_distance(features, 20, 6, backend="torch")
-    sparse_model, kept = clustering._fit_hdbscan(sparse, 4)
+    sparse_model, kept = hdbscan._fit_hdbscan(sparse, 4)
     labels = cluster(features, "hdbscan", min_samples=4, k1=20, k2=6, backend="torch")
 
     assert len(kept) == len(features)
@@ -386,7 +389,7 @@ def test_knn_rejects_k_larger_than_database_and_nan() -> None:
 
 
 def test_module_exposes_install_hint() -> None:
-    assert "itkm-lightning[faiss]" in clustering.FAISS_INSTALL_HINT
+    assert "itkm-lightning[faiss]" in knn_search.FAISS_INSTALL_HINT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,12 +403,12 @@ def test_pruned_jaccard_equals_all_pairs(seed: int, max_distance: float) -> None
     features = noisy_clusters(seed, n_centres=int(rng.integers(5, 25)), spread=float(rng.uniform(0.3, 0.9)))
     features = np.concatenate([features, features[:4]])  # duplicates: overlap 1, distance 0 off the diagonal
     ranks = knn(features, features, 20, backend="torch")[1]
-    neighbourhoods = clustering._expanded_neighbourhoods(clustering._reciprocal_neighbours(ranks, 20),
-                                                         clustering._reciprocal_neighbours(ranks, 10))
-    weights = clustering._local_query_expansion(clustering._gaussian_weights(neighbourhoods, features), ranks, 6)
+    neighbourhoods = steps._expanded_neighbourhoods(steps._reciprocal_neighbours(ranks, 20),
+                                                    steps._reciprocal_neighbours(ranks, 10))
+    weights = steps._local_query_expansion(steps._gaussian_weights(neighbourhoods, features), ranks, 6)
 
-    pruned = clustering._pruned_jaccard(weights, max_distance)
-    every = clustering._all_pairs_jaccard(weights, max_distance)
+    pruned = pruning._pruned_jaccard(weights, max_distance)
+    every = overlap_steps._all_pairs_jaccard(weights, max_distance)
 
     assert every.nnz > weights.shape[0]  # pairs beyond the diagonal, so the comparison means something
     for matrix in (pruned, every):
@@ -420,17 +423,97 @@ def test_candidate_pairs_hold_every_pair_over_the_threshold() -> None:
     """The prefix filter may keep extra pairs, never lose one: checked against all overlaps at once."""
     features = noisy_clusters(21, n_centres=15, spread=0.5)
     ranks = knn(features, features, 15, backend="torch")[1]
-    neighbourhoods = clustering._expanded_neighbourhoods(clustering._reciprocal_neighbours(ranks, 15),
-                                                         clustering._reciprocal_neighbours(ranks, 8))
-    weights = clustering._local_query_expansion(clustering._gaussian_weights(neighbourhoods, features), ranks, 4)
+    neighbourhoods = steps._expanded_neighbourhoods(steps._reciprocal_neighbours(ranks, 15),
+                                                    steps._reciprocal_neighbours(ranks, 8))
+    weights = steps._local_query_expansion(steps._gaussian_weights(neighbourhoods, features), ranks, 4)
     dense = weights.toarray().astype(np.float64)
     overlaps = np.stack([np.minimum(dense[i], dense).sum(axis=1) for i in range(len(dense))])
     for threshold in (0.2, 0.5, 0.8):
-        rows, columns = clustering._candidate_pairs(weights, threshold)
+        rows, columns = pruning._candidate_pairs(weights, threshold)
         needed = {(i, j) for i, j in zip(*np.nonzero(overlaps >= threshold)) if i < j}
         found = set(zip(rows.tolist(), columns.tolist()))
         assert needed and needed <= found
         assert len(found) < len(dense) ** 2 / 4  # and it does prune
+
+
+def jaccard_weights(seed: int, k1: int = 20, k2: int = 6) -> sp.csr_matrix:
+    """The weight rows V of the Jaccard distance on loosely clustered data, with exact duplicates (overlap 1)."""
+    rng = np.random.default_rng(seed)
+    features = noisy_clusters(seed, n_centres=int(rng.integers(5, 25)), spread=float(rng.uniform(0.3, 0.9)))
+    features = np.concatenate([features, features[:4]])
+    ranks = knn(features, features, k1, backend="torch")[1]
+    neighbourhoods = steps._expanded_neighbourhoods(steps._reciprocal_neighbours(ranks, k1),
+                                                    steps._reciprocal_neighbours(ranks, k1 // 2))
+    return steps._local_query_expansion(steps._gaussian_weights(neighbourhoods, features), ranks, k2)
+
+
+def sharing_pairs(weights: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair i < j that shares a column (positive weights), row-major."""
+    support = weights.astype(bool).astype(np.int32)
+    shares = sp.triu(support @ support.T, k=1).tocsr()
+    return np.repeat(np.arange(shares.shape[0]), np.diff(shares.indptr)), shares.indices.astype(np.int64)
+
+
+@pytest.mark.parametrize(("seed", "top_entries", "scatter_entries", "threads"),
+                         [(5, 32, 1 << 22, 1), (6, 3, 1 << 22, 1), (7, 8, 500, 3), (8, 1, 50, 2)])
+def test_bounded_overlaps_are_bit_equal_to_exact_overlaps_and_keep_every_close_pair(
+        monkeypatch: pytest.MonkeyPatch, seed: int, top_entries: int, scatter_entries: int, threads: int) -> None:
+    """The second filter never drops a pair over the threshold, and its overlaps are scipy's, bit for bit.
+
+    Few top entries exercise the bound's remainder term; tiny scatter blocks make many row blocks, which
+    several threads share.
+    """
+    monkeypatch.setattr(pruning, "TOP_ENTRIES", top_entries)
+    monkeypatch.setattr(pruning, "SCATTER_BLOCK_ENTRIES", scatter_entries)
+    monkeypatch.setattr(pruning.torch, "get_num_threads", lambda: threads)
+    weights = jaccard_weights(seed)
+    rows, columns = sharing_pairs(weights)
+    order = np.random.default_rng(seed).permutation(len(rows))  # pairs in any order
+    rows, columns = rows[order], columns[order]
+    exact = overlap_steps._exact_overlaps(weights, rows, columns)
+    heaviest = pruning._heaviest_first(weights)
+
+    kept, overlaps = pruning._bounded_overlaps(weights, rows, columns, -1.0, heaviest)
+    assert kept.all()
+    np.testing.assert_array_equal(overlaps, exact)
+    for threshold in (0.2, 0.5, float(np.median(exact[exact > 0.3])), 0.9):
+        kept, overlaps = pruning._bounded_overlaps(weights, rows, columns, threshold, heaviest)
+        assert (exact >= threshold).any() and kept[exact >= threshold].all()
+        if top_entries >= 8 and threshold >= 0.5:
+            assert not kept.all()  # and it does prune
+        np.testing.assert_array_equal(overlaps[kept], exact[kept])
+
+
+def reference_pruned_pairs(weights: sp.csr_matrix, max_distance: float) -> dict[tuple[int, int], np.float32]:
+    """Every sharing pair i < j, its exact overlap (scipy's minimum), kept when within max_distance."""
+    rows, columns = sharing_pairs(weights)
+    overlaps = overlap_steps._exact_overlaps(weights, rows, columns)
+    distances = np.clip(1.0 - overlaps / (2.0 - overlaps), 0.0, None)
+    keep = distances <= max_distance
+    return dict(zip(zip(rows[keep].tolist(), columns[keep].tolist()), distances[keep].astype(np.float32)))
+
+
+@pytest.mark.parametrize(("seed", "threads"), [(9, 1), (10, 1), (11, 3)])
+def test_pruned_jaccard_equals_every_pair_within_eps_ties_included(monkeypatch: pytest.MonkeyPatch, seed: int,
+                                                                   threads: int) -> None:
+    """Candidates, bound and exact overlaps together lose no pair: the pairs within max_distance of all sharing
+    pairs, distances equal; max_distance set to distances that occur, so pairs lie exactly at eps."""
+    monkeypatch.setattr(pruning, "CANDIDATE_BLOCK_ENTRIES", 2000)  # several candidate blocks, for the threads
+    monkeypatch.setattr(pruning, "SCATTER_BLOCK_ENTRIES", 3000)
+    monkeypatch.setattr(pruning.torch, "get_num_threads", lambda: threads)
+    weights = jaccard_weights(seed)
+    rows, columns = sharing_pairs(weights)
+    overlaps = overlap_steps._exact_overlaps(weights, rows, columns)
+    occurring = np.clip(1.0 - overlaps / (2.0 - overlaps), 0.0, None)
+    middle = np.sort(occurring[occurring < 0.9])
+    for max_distance in (0.6, float(middle[len(middle) // 2]), float(middle[len(middle) // 5])):
+        expected = reference_pruned_pairs(weights, max_distance)
+        upper = sp.triu(pruning._pruned_jaccard(weights, max_distance), k=1).tocoo()
+        found = dict(zip(zip(upper.row.tolist(), upper.col.tolist()), upper.data))
+        assert expected and found.keys() == expected.keys()
+        assert all(found[pair] == expected[pair] for pair in expected)
+        if max_distance != 0.6:
+            assert (occurring == max_distance).any()  # a pair exactly at eps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,9 +521,10 @@ def test_candidate_pairs_hold_every_pair_over_the_threshold() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+@pytest.mark.parametrize("index", ["ivf", "hnsw", "bf16"])
 def test_approximate_knn_finds_the_clear_neighbours(index: str) -> None:
-    pytest.importorskip("faiss")
+    if index != "bf16":
+        pytest.importorskip("faiss")
     features, truth = blobs_with_isolated_points()
     features = np.concatenate([features] * 5) + np.float32(1e-3) * np.random.default_rng(0).normal(
         size=(5 * len(features), features.shape[1])).astype(np.float32)
@@ -455,6 +539,24 @@ def test_approximate_knn_finds_the_clear_neighbours(index: str) -> None:
     blob = truth >= 0  # a blob point's 20 nearest are all in its blob (40 x 5 members): easy for any index
     np.testing.assert_array_equal(truth[indices[blob]], np.repeat(truth[blob][:, None], 20, axis=1))
     np.testing.assert_array_equal(truth[exact[blob]], truth[indices[blob]])
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_bf16_search_rescored_in_float32_equals_the_exact_search(monkeypatch: pytest.MonkeyPatch,
+                                                                 exclude_self: bool) -> None:
+    """bfloat16 picks k + margin candidates, float32 re-scoring orders them: the exact neighbours and similarities
+    (noisy data, where many similarities are close; small blocks, so that the queries span several)."""
+    monkeypatch.setattr(knn_search, "BF16_BLOCK_ELEMENTS", 20_000)
+    features = np.concatenate([noisy_clusters(seed, n_centres=12, n_noise=60, dim=64) for seed in (30, 31)])
+    queries = features[50:170]
+    similarities, indices = knn(queries, features, 15, index="bf16", exclude_self=exclude_self, query_offset=50)
+    exact_similarities, exact = knn(queries, features, 15, backend="torch", exclude_self=exclude_self,
+                                    query_offset=50)
+    assert indices.shape == (120, 15) and indices.dtype == np.int64
+    np.testing.assert_allclose(similarities, exact_similarities, atol=1e-6)
+    assert [set(row) for row in indices.tolist()] == [set(row) for row in exact.tolist()]
+    if exclude_self:
+        assert not (indices == np.arange(50, 170)[:, None]).any()
 
 
 def test_approximate_index_is_chosen_by_config_and_exact_is_the_default() -> None:

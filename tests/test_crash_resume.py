@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from itkm_lightning.checkpoints import checkpoint_candidates
-from itkm_lightning.cli import main
+from itkm_lightning.resume import checkpoint_candidates
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from PIL import Image
 from itkm_lightning.data.clothes import ClothesMasker
 from itkm_lightning.data.datasets import LTCC, PRCC, CelebReID, VCClothes
 from itkm_lightning.evaluation import cosine_distance, evaluate_rank, summarize
-from itkm_lightning.stages.base import evaluate_benchmark
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
 torch.set_num_threads(1)
 

@@ -10,16 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from itkm_lightning.data.datasets.cross_resolution import (
-    CUHK01,
-    Market1501,
-    MLRCUHK03,
-    MLRMarket1501,
-    parse_market_name,
-    unmatched_query_count,
-)
+from itkm_lightning.data.datasets import CUHK01, MLRCUHK03, Market1501, MLRMarket1501
+from itkm_lightning.data.datasets.common import unmatched_query_count
+from itkm_lightning.data.datasets.market1501 import parse_market_name
 from itkm_lightning.prepare import build_mlr
-from itkm_lightning.stages.base import evaluate_benchmark
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
 
 def tiny_png(path: Path, seed: int = 0, size: tuple[int, int] = (8, 16)) -> None:
@@ -211,17 +206,17 @@ def test_sources_are_config_sections(tmp_path):
     parser = ArgumentParser()
     parser.add_argument("--sources", type=list[DatasetSource])
     for class_path, init_args in (
-        ("itkm_lightning.data.datasets.cross_resolution.CUHK01", {"scenario": "cr", "split": 3}),
-        ("itkm_lightning.data.datasets.cross_resolution.Market1501", {"path": "x"}),
-        ("itkm_lightning.data.datasets.cross_resolution.MLRCUHK03", {}),
-        ("itkm_lightning.data.datasets.cross_resolution.MLRMarket1501", {}),
-        ("itkm_lightning.data.datasets.cross_resolution.MLRVIPeR", {}),
+        ("itkm_lightning.data.datasets.cuhk01.CUHK01", {"scenario": "cr", "split": 3}),
+        ("itkm_lightning.data.datasets.market1501.Market1501", {"path": "x"}),
+        ("itkm_lightning.data.datasets.mlr.MLRCUHK03", {}),
+        ("itkm_lightning.data.datasets.mlr.MLRMarket1501", {}),
+        ("itkm_lightning.data.datasets.mlr.MLRVIPeR", {}),
     ):
         cfg = parser.parse_object({"sources": [{"class_path": class_path, "init_args": init_args}]})
         (source,) = parser.instantiate_classes(cfg).sources
         assert type(source).__name__ == class_path.rsplit(".", 1)[1]
     with pytest.raises(SystemExit):
-        parser.parse_object({"sources": [{"class_path": "itkm_lightning.data.datasets.cross_resolution.CUHK01",
+        parser.parse_object({"sources": [{"class_path": "itkm_lightning.data.datasets.cuhk01.CUHK01",
                                           "init_args": {"scenario": "xx"}}]})
 
 

@@ -15,7 +15,7 @@ from itkm_lightning.data import sysu_gallery
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.datasets import LLCM, SYSUMM01, RegDB
 from itkm_lightning.evaluation import cosine_distance, evaluate_rank, summarize
-from itkm_lightning.stages.base import evaluate_benchmark
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from itkm_lightning.callbacks.pseudo_labels import cluster_blocks, cluster_blocks_distributed
+from itkm_lightning.clustering.blocks import cluster_blocks, cluster_blocks_distributed
 from itkm_lightning.config import ClusteringConfig
 from itkm_lightning.distributed import query_slice, sharded_knn
 
@@ -93,13 +93,21 @@ def test_two_gloo_processes_label_like_one_and_sample_whole_identities(tmp_path)
         assert all(len(o) == 3 for o in owners) and all(len(b) == 6 for b in step)
 
 
-def test_jaccard_rows_shared_over_three_workers_give_the_single_process_matrix():
-    """RowShare with a thread-barrier gather stands in for three DDP ranks: each computes a slice of rows."""
+@pytest.mark.parametrize(("top_entries", "scatter_entries"), [(32, 1 << 22), (2, 300)])
+def test_jaccard_rows_shared_over_three_workers_give_the_single_process_matrix(monkeypatch, top_entries,
+                                                                                  scatter_entries):
+    """RowShare with a thread-barrier gather stands in for three DDP ranks: each computes a slice of rows.
+
+    Also with a weak second filter and tiny scatter blocks, so that each rank's slice spans several blocks."""
     import threading
 
     import scipy.sparse as sp
 
+    from itkm_lightning.clustering import pruned
     from itkm_lightning.clustering import RowShare, jaccard_distance
+
+    monkeypatch.setattr(pruned, "TOP_ENTRIES", top_entries)
+    monkeypatch.setattr(pruned, "SCATTER_BLOCK_ENTRIES", scatter_entries)
 
     features, _ = clustered_features(seed=5)
     expected = jaccard_distance(features.numpy(), CFG.k1, CFG.k2, max_distance=CFG.eps, backend="torch")

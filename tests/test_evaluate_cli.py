@@ -8,39 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "conf" / "smoke.yaml")
 
 
-@pytest.fixture()
-def trained(tmp_path, tiny_backbone):
-    """A Stage-I-only run directory (checkpoints/last.ckpt), its hand-over file, and the Stage1 module."""
-    from itkm_lightning.handoffs import save_handoff
-    from itkm_lightning.stages.stage1 import Stage1
-
-    torch.manual_seed(3)
-    stage = Stage1(backbone=tiny_backbone)
-    with torch.no_grad():  # away from the init: a model that failed to load would score differently
-        for param in stage.encoder.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    run_dir = tmp_path / "run"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
-                "pytorch-lightning_version": "2.6"}, ckpt)
-    handoff = tmp_path / "other" / "stage1" / "handoff.pt"
-    save_handoff(handoff, {"stage": "stage1", "encoder": stage.encoder_state(), "backbone": tiny_backbone.model_dump()})
-    return run_dir, handoff, stage.eval()
-
-
 def reference_scores(stage, configs: list[str], overrides: list[str], rerank=None) -> dict:
     """What `itkm fit` records for this module: its own retrieval features through the datamodule's loaders."""
-    from itkm_lightning.cli import parse_fit_config
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.fit_config import parse_fit_config
+    from itkm_lightning.data.names import source_of
     from itkm_lightning.data.datamodule import ReIDDataModule
-    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
     data = parse_fit_config(configs, overrides).data
     dm = ReIDDataModule([source_of(s) for s in data.sources], root=data.root, image_size=(64, 32), num_workers=0,
@@ -223,12 +202,12 @@ def test_evaluate_on_cuhk01_real_images(rerank, trained, tmp_path):
 # ------------------------------------------------------------------ the timm image tower (model.backbone.kind: timm)
 def test_evaluate_and_the_extractor_open_a_timm_model(synthetic_root, tmp_path):
     from itkm_lightning import FeatureExtractor
-    from itkm_lightning.cli import parse_fit_config
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.fit_config import parse_fit_config
+    from itkm_lightning.data.names import source_of
     from itkm_lightning.handoffs import save_handoff
     from itkm_lightning.models.backbone import build_image_encoder
-    from itkm_lightning.models.clip import BackboneConfig
-    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.models.backbone_config import BackboneConfig
+    from itkm_lightning.evaluation.benchmark import evaluate_benchmark
     from itkm_lightning.tools.features import embed_samples, encoder_features, samples_from_config
 
     pytest.importorskip("timm")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from itkm_lightning import evaluation
+from itkm_lightning.evaluation import ranking
 from itkm_lightning.evaluation import PROTOCOLS, cosine_distance, evaluate_rank, summarize
 
 torch.set_num_threads(1)
@@ -273,7 +273,7 @@ def test_matches_reference_loop(protocol, tied, seed):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_matches_reference_loop_across_blocks(protocol, monkeypatch):
     # Tiny blocks force many query blocks and many tie chunks; results must not change.
-    monkeypatch.setattr(evaluation, "_BLOCK_ELEMENTS", 100)
+    monkeypatch.setattr(ranking, "_BLOCK_ELEMENTS", 100)
     case = _random_case(7, num_query=40, num_gallery=50, tied=True)
     case["q_camids"][:10] = 3
     case["g_camids"][:10] = 2

@@ -20,7 +20,7 @@ from itkm_lightning.evaluation import (
     summarize,
 )
 from itkm_lightning.results import ResultsFile
-from itkm_lightning.stages.base import evaluate_benchmark
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
 
 def sample(pid, cam, name="x"):
@@ -148,7 +148,7 @@ def test_evaluation_config_is_off_by_default_and_takes_lambda_by_its_config_name
 def test_fit_scores_every_results_row_with_the_configured_re_ranking(tmp_path, synthetic_root):
     from pathlib import Path
 
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     run_dir = tmp_path / "run"
     main(["fit", "--config", str(Path(__file__).resolve().parents[1] / "conf/smoke.yaml"),

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from itkm_lightning.callbacks import pseudo_labels as pl_cb
-from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError, PseudoLabelCallback, drop_degenerate_blocks
-from itkm_lightning.cli import main
+from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback
+from itkm_lightning.clustering import blocks as block_clustering
+from itkm_lightning.clustering.blocks import EmptyClusteringError, drop_degenerate_blocks
+from itkm_lightning.command import main
 from itkm_lightning.config import ClusteringConfig
 from itkm_lightning.data.schema import Sample
 
@@ -54,7 +55,7 @@ def fake_run(tmp_path, block_sizes):
 
 def test_degenerate_blocks_warn_with_numbers_and_the_others_train(tmp_path, monkeypatch):
     trainer, module = fake_run(tmp_path, [4, 4, 4])
-    monkeypatch.setattr(pl_cb, "cluster_blocks", lambda *a: np.array([0, 0, 1, 1, 2, 2, 2, -1, -1, -1, -1, -1]))
+    monkeypatch.setattr(block_clustering, "cluster_blocks", lambda *a: np.array([0, 0, 1, 1, 2, 2, 2, -1, -1, -1, -1, -1]))
     with pytest.warns(UserWarning) as record:
         PseudoLabelCallback(ClusteringConfig(k1=2, k2=1)).recluster(trainer, module)
     messages = [str(w.message) for w in record]
@@ -72,7 +73,7 @@ def test_degenerate_blocks_warn_with_numbers_and_the_others_train(tmp_path, monk
 ])
 def test_no_trainable_block_saves_then_stops_with_an_eps_to_try(tmp_path, monkeypatch, labels, advice):
     trainer, module = fake_run(tmp_path, [4] * (len(labels) // 4))
-    monkeypatch.setattr(pl_cb, "cluster_blocks", lambda *a: np.array(labels))
+    monkeypatch.setattr(block_clustering, "cluster_blocks", lambda *a: np.array(labels))
     callback = PseudoLabelCallback(ClusteringConfig(eps=0.6, k1=2, k2=1))
     with pytest.raises(EmptyClusteringError, match=advice) as err:
         callback.recluster(trainer, module)
@@ -90,7 +91,7 @@ def test_changed_clustering_settings_recluster_on_resume():
 
 
 def test_k1_larger_than_a_block_names_the_setting():
-    from itkm_lightning.callbacks.pseudo_labels import cluster_blocks
+    from itkm_lightning.clustering.blocks import cluster_blocks
 
     with pytest.raises(ValueError, match="has 5 training images but clustering k1=6.*lower clustering.k1.*model.clustering for Stage I, stage3.clustering for Stage III"):
         cluster_blocks(np.eye(5, 8, dtype=np.float32), np.zeros(5, dtype=np.int64), ClusteringConfig(k1=6, k2=3))
@@ -119,7 +120,7 @@ def test_all_outliers_stop_the_cli_then_a_wider_eps_resumes(tmp_path, synthetic_
 @pytest.mark.slow
 def test_nan_loss_stops_naming_step_and_images_and_keeps_the_good_checkpoint(tmp_path, synthetic_root, monkeypatch,
                                                                             capsys):
-    from itkm_lightning.checkpoints import resume_checkpoint
+    from itkm_lightning.resume import resume_checkpoint
     from itkm_lightning.stages.stage1 import Stage1
 
     original = Stage1.training_step

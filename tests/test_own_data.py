@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 from itkm_lightning.data.datasets import ImageFolder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ one slow test runs ``itkm fit`` with the real Stage I and the stand-ins of tests
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -15,26 +16,36 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
-from itkm_lightning.pipeline import (
-    Pipeline,
-    StageOrderError,
-    StageSpec,
-    StageUnavailableError,
-    selected_stage,
-    stage_trainer_kwargs,
-)
+from itkm_lightning.fit_config import selected_stage
+from itkm_lightning.handoffs import Handoff, Stage1Handoff, handoff_path, load_handoff, save_handoff
+from itkm_lightning.pipeline import Pipeline, StageOrderError, StageSpec
+from itkm_lightning.stages.protocol import ImageStage, Stage
+from itkm_lightning.trainer_setup import stage_trainer_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@dataclass(eq=False)
+class ScalarHandoff(Handoff):
+    weights: dict[str, torch.Tensor]
+    received: list[str]
+    epochs_run: list[int]
+
+
 class ScalarStage(L.LightningModule):
-    """A stage protocol stand-in: one weight pulled towards 1; 'evaluates' by reporting the weight."""
+    """A stage-contract stand-in (stages/protocol.py): one weight pulled towards 1; 'evaluates' by reporting it."""
+
+    checkpoint_omits = ()
+    backbone_config = None
+    rerank = None
 
     def __init__(self, name: str, evaluates_images: bool, crash_at_epoch: int | None = None) -> None:
         super().__init__()
         self.stage_name = name
         self.evaluates_images = evaluates_images
+        # What a stage of this name reads, as the real stages declare it (the supervised reference: nothing).
+        before = {"stage2": ["stage1"], "stage3": ["stage1", "stage2"]}.get(name, [])
+        self.receives = {n: ScalarHandoff for n in before}
         self.crash_at_epoch = crash_at_epoch
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.received: dict = {}
@@ -42,10 +53,10 @@ class ScalarStage(L.LightningModule):
         self.benchmark_results: dict = {}
         self.benchmark_results_step = -1
 
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
+    def receive_handoff(self, handoffs: dict[str, Handoff]) -> None:
         self.received = handoffs
         if "stage1" in handoffs:  # continue from the predecessor's weights, as Stage III does
-            self.weight.data.copy_(handoffs["stage1"]["weights"]["weight"])
+            self.weight.data.copy_(handoffs["stage1"].weights["weight"])
 
     def fit_kwargs(self, datamodule, stage_dir: Path) -> dict:
         return {"datamodule": datamodule}
@@ -71,9 +82,12 @@ class ScalarStage(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    def make_handoff(self, datamodule) -> dict:
-        return {"stage": self.stage_name, "weights": {"weight": self.weight.detach().clone()},
-                "received": sorted(self.received), "epochs_run": list(self.epochs_run)}
+    def make_handoff(self, datamodule) -> ScalarHandoff:
+        return ScalarHandoff(stage=self.stage_name, weights={"weight": self.weight.detach().clone()},
+                             received=sorted(self.received), epochs_run=list(self.epochs_run))
+
+    def extra_results(self) -> dict:
+        return {}
 
 
 class ToyData(L.LightningDataModule):
@@ -84,6 +98,29 @@ class ToyData(L.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=2)
+
+
+class ToyStageSpec(StageSpec):
+    """A stage built by the test (``builder(name)``), so that it can count builds."""
+
+    def __init__(self, name: str, builder, independent: bool = False) -> None:
+        super().__init__(name, independent=independent)
+        object.__setattr__(self, "builder", builder)
+
+    def build(self):
+        return self.builder(self.name)
+
+
+class ToyTrainers:
+    """Small CPU Trainers with the stage's own folder, checkpoints and logs (trainer_setup.stage_trainer_kwargs)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def build(self, stage: str) -> L.Trainer:
+        return L.Trainer(**stage_trainer_kwargs(self.run_dir / stage), max_epochs=3, accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         log_every_n_steps=1, check_val_every_n_epoch=100)
 
 
 class Run:
@@ -101,19 +138,21 @@ class Run:
             self.modules[name] = ScalarStage(name, evaluates_images=name != "stage2", crash_at_epoch=crash.get(name))
             return self.modules[name]
 
-        specs = [StageSpec(n, (lambda n=n: build(n))) for n in ("stage1", "stage2", "stage3")]
+        specs = [ToyStageSpec(n, build) for n in ("stage1", "stage2", "stage3")]
         if supervised:  # the supervised reference: starts from the backbone, as stage1 does
-            specs.append(StageSpec("supervised", lambda: build("supervised"), independent=True))
-        self.pipeline = Pipeline(run_dir, ToyData(), specs, make_trainer=self.trainer, command="itkm fit --config x.yaml")
+            specs.append(ToyStageSpec("supervised", build, independent=True))
+        self.pipeline = Pipeline(run_dir, ToyData(), specs, ToyTrainers(run_dir), command="itkm fit --config x.yaml")
         self.only = only
-
-    def trainer(self, stage: str) -> L.Trainer:
-        return L.Trainer(**stage_trainer_kwargs(self.run_dir / stage), max_epochs=3, accelerator="cpu",
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                         check_val_every_n_epoch=100)
 
     def __call__(self) -> None:
         self.pipeline.run(only=self.only)
+
+
+def test_stand_ins_follow_the_stage_contract(tiny_backbone):
+    from fake_stages import FakeStage2, FakeStage3
+
+    assert isinstance(ScalarStage("stage1", True), ImageStage) and isinstance(ScalarStage("stage2", False), Stage)
+    assert isinstance(FakeStage2(), Stage) and isinstance(FakeStage3(backbone=tiny_backbone), ImageStage)
 
 
 def test_three_stages_run_in_order_and_hand_over(tmp_path):
@@ -186,14 +225,12 @@ def test_single_stage_needs_its_predecessors(tmp_path):
     assert only2.built == ["stage2"] and not handoff_path(tmp_path, "stage3").exists()
 
 
-def test_unavailable_stage_fails_before_anything_trains(tmp_path):
-    pipeline = Pipeline(tmp_path, ToyData(), [
-        StageSpec("stage1", lambda: pytest.fail("must not be built")),
-        StageSpec("stage2", lambda: pytest.fail("must not be built"), unavailable="stage2 cannot run: no module"),
-    ], make_trainer=lambda stage: pytest.fail("no trainer"), command="itkm fit")
-    with pytest.raises(StageUnavailableError, match="stage2 cannot run"):
-        pipeline.run()
-    assert not any(tmp_path.iterdir())
+def test_a_stage_section_of_another_stage_is_refused(tmp_path):
+    from itkm_lightning.fit_config import parse_fit_config
+
+    cfg = parse_fit_config([str(REPO / "conf/smoke.yaml")], ["--stage2.class_path", "itkm_lightning.stages.stage3.Stage3"])
+    with pytest.raises(ValueError, match="stage2.class_path itkm_lightning.stages.stage3.Stage3 is a stage3 module"):
+        StageSpec("stage2", section=cfg.stage2).build()
 
 
 def test_supervised_reference_runs_last_from_the_start_and_hands_nothing_on(tmp_path):
@@ -250,7 +287,7 @@ def test_handoff_files_hold_only_plain_contents_and_are_written_whole(tmp_path):
 
 # ------------------------------------------------------------------ Stage I's hand-over
 def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, synthetic_root, tiny_backbone):
-    from itkm_lightning.callbacks.pseudo_labels import cluster_blocks
+    from itkm_lightning.clustering.blocks import cluster_blocks
     from itkm_lightning.config import ClusteringConfig
     from itkm_lightning.data.datamodule import ReIDDataModule
     from itkm_lightning.data.sources import SyntheticBenchmark
@@ -260,9 +297,11 @@ def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, sy
                         test_batch_size=64, num_workers=0)
     dm.setup("fit")
     model = Stage1(backbone=tiny_backbone, clustering=ClusteringConfig(eps=0.7, min_samples=2, k1=6, k2=3))
-    handoff = model.make_handoff(dm)
+    made = model.make_handoff(dm)
+    assert isinstance(made, Stage1Handoff)
+    handoff = made.to_dict()
 
-    assert set(handoff) == {"stage", "encoder", "labels", "blocks", "block_names", "paths", "backbone"}
+    assert list(handoff) == ["stage", "encoder", "backbone", "labels", "blocks", "block_names", "paths"]
     assert handoff["stage"] == "stage1"
     expected = cluster_blocks(model.extract(dm.cluster_dataloader()).numpy(), dm.block_of_index, model.clustering)
     assert torch.equal(handoff["labels"], torch.from_numpy(expected)) and handoff["labels"].dtype == torch.long
@@ -280,9 +319,14 @@ def test_stage1_handoff_is_the_final_encoder_and_a_fresh_clustering(tmp_path, sy
     reloaded = load_handoff(tmp_path / "handoff.pt")
     flat = json.dumps({k: v for k, v in reloaded.items() if k not in ("encoder", "labels", "blocks")})
     assert "optimizer" not in flat and not any("optimizer" in k or "memory" in k for k in reloaded["encoder"])
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     assert BackboneConfig(**reloaded["backbone"]) == tiny_backbone
+    # What Stage II / III receive from the file is what they would get in the same process.
+    received, direct = Stage1Handoff.from_dict(reloaded), Stage1Handoff.from_dict(handoff)
+    for key in ("labels", "blocks"):
+        assert torch.equal(getattr(received, key), getattr(direct, key))
+    assert (received.block_names, received.paths) == (direct.block_names, direct.paths)
 
 
 # ------------------------------------------------------------------ the command
@@ -299,7 +343,7 @@ def _fake_stages_config(tmp_path: Path, **stage2_args) -> Path:
 
 
 def test_cli_single_stage_without_predecessor_is_one_line(tmp_path, capsys):
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "conf/smoke.yaml"), "--config", str(_fake_stages_config(tmp_path)),
@@ -314,7 +358,7 @@ def test_cli_single_stage_without_predecessor_is_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_runs_three_stages_and_resumes_a_crashed_one(tmp_path, synthetic_root, capsys):
     """Real Stage I, stand-in Stages II and III (tests/fake_stages.py) through `itkm fit`."""
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     run_dir = tmp_path / "run"
     args = ["fit", "--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),

@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from itkm_lightning.data.datasets import MLRCUHK03
-from itkm_lightning.prepare import build_mlr, draw_rates, main, parse_id_range, plan_cuhk03_crops
+from itkm_lightning.data.datasets.mlr_format import draw_rates
+from itkm_lightning.data.datasets.mlr_originals import parse_id_range, plan_cuhk03_crops
+from itkm_lightning.prepare import build_mlr, main
 
 
 @pytest.fixture()

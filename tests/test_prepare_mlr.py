@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from itkm_lightning import prepare
-from itkm_lightning.cli import main as itkm_main
-from itkm_lightning.data.datasets.cross_resolution import MLRCUHK03, MLRMarket1501, MLRVIPeR
+from itkm_lightning.command import main as itkm_main
+from itkm_lightning.data.datasets import MLRCUHK03, MLRMarket1501, MLRVIPeR, mlr_format
 from itkm_lightning.prepare import build_mlr
 
 
@@ -140,8 +139,8 @@ def test_market_build_follows_the_recipe(market_root, tmp_path):
 
 
 def test_tiny_images_never_shrink_below_one_pixel():
-    assert prepare.reduced_size(3, 5, 4) == (1, 1)
-    assert prepare.reduced_size(64, 128, 3) == (21, 42)
+    assert mlr_format.reduced_size(3, 5, 4) == (1, 1)
+    assert mlr_format.reduced_size(64, 128, 3) == (21, 42)
 
 
 def test_market_output_loads_as_mlr_benchmark(market_root, tmp_path):
@@ -185,7 +184,7 @@ def test_missing_and_corrupted_outputs_are_rebuilt(market_root, tmp_path):
 
 
 def test_killed_build_never_looks_finished_and_resumes(market_root, tmp_path, monkeypatch):
-    real_write = prepare._write_image
+    real_write = mlr_format._write_image
     calls = []
 
     def write_then_die(plan, item, dest):
@@ -195,7 +194,7 @@ def test_killed_build_never_looks_finished_and_resumes(market_root, tmp_path, mo
         calls.append(item)
         real_write(plan, item, dest)
 
-    monkeypatch.setattr(prepare, "_write_image", write_then_die)
+    monkeypatch.setattr(mlr_format, "_write_image", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         build_mlr("market1501", market_root, tmp_path, progress=False)
     dest = tmp_path / "MLR-Market1501"
@@ -203,7 +202,7 @@ def test_killed_build_never_looks_finished_and_resumes(market_root, tmp_path, mo
     with pytest.raises(FileNotFoundError, match="did not finish"):
         MLRMarket1501().load(tmp_path)
 
-    monkeypatch.setattr(prepare, "_write_image", real_write)
+    monkeypatch.setattr(mlr_format, "_write_image", real_write)
     report = build_mlr("market1501", market_root, tmp_path, progress=False)
     assert report.status == "resumed" and report.written == 12 - 5
     assert not list(dest.rglob("*.tmp"))

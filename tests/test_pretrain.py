@@ -14,20 +14,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from itkm_lightning.data import synthetic
-from itkm_lightning.data import synthetic_render as render
-from itkm_lightning.models.clip import (
-    BackboneConfig,
-    CLIPImageEncoder,
-    CLIPTextEncoder,
-    clip_tokenizer,
-    fit_square_position_table,
-    load_clip_model,
-    resize_position_table,
-    save_clip_directory,
-)
+from itkm_lightning.synthetic import spec as synthetic
+from itkm_lightning.synthetic import world
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder, resize_position_table
+from itkm_lightning.models.clip_loading import load_clip_model, save_clip_directory
+from itkm_lightning.models.clip_text import CLIPTextEncoder
+from itkm_lightning.models.tokenizer import clip_tokenizer
 from itkm_lightning.pretrain import cli
-from itkm_lightning.pretrain.captions import (
+from itkm_lightning.synthetic.captions import (
     BROAD_BUILD_ABOVE,
     COLOUR_WORDS,
     CONDITIONS,
@@ -37,7 +32,7 @@ from itkm_lightning.pretrain.captions import (
     make_captions,
     visibility,
 )
-from itkm_lightning.pretrain.corpus import (
+from itkm_lightning.synthetic.corpus import (
     CORPUS_PRESETS,
     CorpusSpec,
     corpus_identity,
@@ -49,6 +44,7 @@ from itkm_lightning.pretrain.corpus import (
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 from itkm_lightning.pretrain.datamodule import CorpusDataModule, augment_batch
 from itkm_lightning.pretrain.module import CLIPPretraining, clip_contrastive_loss
+from itkm_lightning.pretrain.position_table import fit_square_position_table
 
 torch.set_num_threads(1)
 
@@ -81,7 +77,7 @@ def corpus_root(tmp_path_factory) -> Path:
 def random_people(count: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     for _ in range(count):
-        yield render.sample_identity(rng), render.sample_outfit(rng), rng
+        yield world.sample_identity(rng), world.sample_outfit(rng), rng
 
 
 def test_captions_never_mention_what_the_image_cannot_show():
@@ -151,7 +147,7 @@ def test_build_is_named_only_at_its_extremes_and_in_every_condition():
 
 
 def test_hair_and_bag_colours_are_the_true_families():
-    from itkm_lightning.pretrain.captions import CLOTHES_COLOUR_WORDS, HAIR_COLOUR_FAMILIES
+    from itkm_lightning.synthetic.captions import CLOTHES_COLOUR_WORDS, HAIR_COLOUR_FAMILIES
 
     hair_named = bag_named = 0
     for identity, outfit, rng in random_people(200, seed=5):
@@ -222,16 +218,16 @@ def test_corpus_identities_are_disjoint_from_the_benchmarks():
         for scenario in spec.scenarios:
             train, test = synthetic.scenario_pids(spec, scenario)
             for pid in train + test:
-                # The benchmark's own identity stream (synthetic._build_world draws identities this way).
-                rng = synthetic._stream(spec, scenario, pid, synthetic._STREAM_IDENTITY)
-                benchmark.add(traits_hash(render.sample_identity(rng)))
+                # The benchmark's own identity stream (benchmark._build_world draws identities this way).
+                rng = synthetic.stream(spec, scenario, pid, synthetic.STREAM_IDENTITY)
+                benchmark.add(traits_hash(world.sample_identity(rng)))
                 benchmark_pids.add(pid)
     assert len(benchmark) == len(benchmark_pids) == 300  # tiny and demo share seed 0, so tiny is a subset
     assert not corpus & benchmark
     assert not set(corpus_pids(CORPUS_PRESETS["demo"])) & benchmark_pids
     # Same seed number, same pid: still other people, because the streams are salted.
-    same_pid = synthetic._stream(synthetic.SyntheticSpec.preset("demo"), "vi", 1, synthetic._STREAM_IDENTITY)
-    assert traits_hash(render.sample_identity(same_pid)) != traits_hash(corpus_identity(CorpusSpec(), 1))
+    same_pid = synthetic.stream(synthetic.SyntheticSpec.preset("demo"), "vi", 1, synthetic.STREAM_IDENTITY)
+    assert traits_hash(world.sample_identity(same_pid)) != traits_hash(corpus_identity(CorpusSpec(), 1))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -383,7 +379,7 @@ def test_a_failed_run_leaves_nothing_that_looks_finished(tmp_path, synthetic_roo
     ],
 )
 def test_bad_settings_give_one_clear_line(tmp_path, synthetic_root, capsys, args, expected):
-    from itkm_lightning.cli import main as itkm
+    from itkm_lightning.command import main as itkm
 
     with pytest.raises(SystemExit) as exit_info:
         itkm(["pretrain", *tiny_config(tmp_path, synthetic_root), *args])

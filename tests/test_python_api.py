@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_paths_pil_images_and_tensors_give_the_encoders_features(trained, synthe
 
 def test_embed_writes_what_the_extractor_computes(trained, synthetic_root, tmp_path):
     from itkm_lightning import FeatureExtractor
-    from itkm_lightning.tools.features import load_embeddings
+    from itkm_lightning.tools.embedding_files import load_embeddings
 
     run_dir, _ = trained
     folder = synthetic_root / "synthetic" / "tiny" / "vi" / "query"
@@ -100,8 +100,8 @@ def test_importing_the_package_loads_no_model_code():
 
 # ------------------------------------------------------------------ short names
 def test_short_names_are_the_sources_with_their_defaults(tmp_path):
-    from itkm_lightning.cli import parse_fit_config
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.fit_config import parse_fit_config
+    from itkm_lightning.data.names import source_of
     from itkm_lightning.data.datasets import LTCC, MLRCUHK03, SYSUMM01
     from itkm_lightning.data.names import SHORT_NAMES
 
@@ -132,7 +132,7 @@ def test_unknown_short_name_is_one_line(tmp_path, capsys):
 def test_a_short_name_loads_real_images_as_its_class_path_does():
     from test_realdata import dataset_or_skip
 
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.data.names import source_of
     from itkm_lightning.data.datasets import CUHK01
 
     cuhk01 = dataset_or_skip("cuhk01_manideep2510")

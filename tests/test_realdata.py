@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from itkm_lightning.data.datasets.cross_resolution import CUHK01, Market1501
+from itkm_lightning.data.datasets import CUHK01, Market1501
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,14 +75,14 @@ def test_market_loader_parses_the_real_names(market_dir):
 
 @pytest.mark.slow
 def test_fit_on_cuhk01_with_the_tiny_backbone(cuhk01_dir, tmp_path):
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     override = tmp_path / "cuhk01.yaml"
     override.write_text(
         "data:\n"
         f"  root: {json.dumps(str(cuhk01_dir))}\n"
         "  sources:\n"
-        "    - class_path: itkm_lightning.data.datasets.cross_resolution.CUHK01\n"
+        "    - class_path: itkm_lightning.data.datasets.cuhk01.CUHK01\n"
         "      init_args: {scenario: cr, split: 0}\n"
     )
     run_dir = tmp_path / "run"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_train_then_embed_and_search_real_cuhk01(tmp_path, capsys):
         "data:\n"
         f"  root: {json.dumps(str(folder))}\n"
         "  sources:\n"
-        "    - class_path: itkm_lightning.data.datasets.cross_resolution.CUHK01\n"
+        "    - class_path: itkm_lightning.data.datasets.cuhk01.CUHK01\n"
         "      init_args: {scenario: cr, split: 0}\n"
     )
     run_dir = tmp_path / "run"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import itkm_lightning.rerank as rerank_module
+import itkm_lightning.evaluation.rerank as rerank_module
 from itkm_lightning.evaluation import cosine_distance, re_ranking
 
 
@@ -154,8 +154,8 @@ def test_scoring_without_re_ranking_does_not_import_it():
     import subprocess
     import sys
 
-    code = ("import sys, itkm_lightning.evaluation as e; assert 'itkm_lightning.rerank' not in sys.modules; "
-            "assert 'torch' not in sys.modules; e.re_ranking; assert 'itkm_lightning.rerank' in sys.modules")
+    code = ("import sys, itkm_lightning.evaluation as e; assert 'itkm_lightning.evaluation.rerank' not in sys.modules; "
+            "assert 'torch' not in sys.modules; e.re_ranking; assert 'itkm_lightning.evaluation.rerank' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

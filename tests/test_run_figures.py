@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 from itkm_lightning.tools import figures
 from itkm_lightning.tools.run_figures import log_figures_to_wandb, write_run_figures
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 from itkm_lightning.pipeline import Pipeline
 from itkm_lightning.run_record import RECORD_FILE, backbone_files, check_run_dir, run_settings
 

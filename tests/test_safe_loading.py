@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def test_embed_config_class_path_must_be_a_dataset_source(tmp_path, capsys):
 
 
 def test_source_class_refuses_anything_but_a_dataset_source():
-    from itkm_lightning.config_files import source_class
+    from itkm_lightning.data.names import source_class
     from itkm_lightning.data.sources import SyntheticBenchmark
 
     assert source_class("itkm_lightning.data.SyntheticBenchmark") is SyntheticBenchmark

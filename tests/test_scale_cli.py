@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from itkm_lightning.cli import ITKMCLI, main
+from itkm_lightning.cli import ITKMCLI
+from itkm_lightning.command import main
 from itkm_lightning.config import WandbConfig
-from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
+from lightning.pytorch.strategies import DDPStrategy
+from itkm_lightning.resume import newest_checkpoint, requeue_checkpoint
 from itkm_lightning.tracking import WANDB_ID_FILE, default_run_dir, stable_run_id, wandb_logger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,14 +37,27 @@ def smoke_args(synthetic_root, run_dir) -> list[str]:
 # ------------------------------------------------------------------ DDP
 
 
-def test_ddp_timeout_is_a_trainer_strategy_setting(synthetic_root, tmp_path):
-    from lightning.pytorch.strategies import DDPStrategy
+def test_ddp_timeout_from_the_config_reaches_the_process_group(synthetic_root, tmp_path, monkeypatch):
+    """What torch.distributed is asked for when the strategy sets up the process group (none is started)."""
+    import torch.distributed
 
     cli = ITKMCLI(args=[*smoke_args(synthetic_root, tmp_path / "run"),
                         "--trainer.strategy=lightning.pytorch.strategies.DDPStrategy",
                         "--trainer.strategy.timeout=1:30:00"], run=False)
-    assert isinstance(cli.trainer.strategy, DDPStrategy)
-    assert cli.trainer.strategy._timeout == timedelta(hours=1, minutes=30)
+    asked = {}
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *args, **kwargs: asked.update(kwargs))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):  # written by the set-up; put back afterwards
+        monkeypatch.setenv(name, os.environ.get(name, "localhost" if name == "MASTER_ADDR" else "29500"))
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # the set-up re-seeds from it
+    cli.trainer.strategy.setup_distributed()
+    assert asked["timeout"] == timedelta(hours=1, minutes=30)
+    # A later stage gets its own strategy object built from the same section (one is bound to its first Trainer).
+    later = cli.trainer_setup.build("stage2")
+    assert isinstance(later.strategy, DDPStrategy) and later.strategy is not cli.trainer.strategy
+    asked.clear()
+    later.strategy.setup_distributed()
+    assert asked["timeout"] == timedelta(hours=1, minutes=30)
 
 
 # ------------------------------------------------------------------ SLURM
@@ -107,24 +122,44 @@ def test_wandb_run_id_is_stable_per_run_dir(tmp_path, monkeypatch):
     assert stable_run_id(tmp_path / "c") == "agentrun1"
 
 
+class FakeWandb:
+    """Stands in for ``wandb.init``: records what a run would be started with and what it would be sent."""
+
+    def __init__(self) -> None:
+        self.started: list[dict] = []
+        self.sent: list[dict] = []
+
+    def init(self, **kwargs):
+        self.started.append(kwargs)
+        return self
+
+    def log(self, metrics: dict) -> None:
+        self.sent.append(dict(metrics))
+
+
 def test_cli_builds_a_resumable_wandb_logger_next_to_csv(synthetic_root, tmp_path, monkeypatch):
+    import wandb
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    fake = FakeWandb()
+    monkeypatch.setattr(wandb, "init", fake.init)
+    monkeypatch.setattr(wandb, "run", None)
     run_dir = tmp_path / "run"
     args = [*smoke_args(synthetic_root, run_dir), "--wandb.mode=offline", "--wandb.project=itkm-test",
             "--wandb.tags=[ddp,smoke]"]
     cli = ITKMCLI(args=args, run=False)
     assert [isinstance(logger, kind) for logger, kind in zip(cli.trainer.loggers, [CSVLogger, WandbLogger])] \
         == [True, True] and len(cli.trainer.loggers) == 2
-    wandb = cli.trainer.loggers[1]
-    init = wandb._wandb_init  # what wandb.init will get; the run itself starts lazily, at the first log
-    assert init["id"] == (run_dir / WANDB_ID_FILE).read_text().strip()
-    assert (init["resume"], init["mode"], init["project"], init["tags"]) == ("allow", "offline", "itkm-test",
-                                                                             ["ddp", "smoke"])
-    assert wandb._prefix == "stage1"
-    again = ITKMCLI(args=args, run=False).trainer.loggers[1]  # the requeued job
-    assert again._wandb_init["id"] == init["id"]
+    assert fake.started == []  # the run itself starts lazily, at the first log
+    cli.trainer.loggers[1].log_metrics({"train/loss_homo": 1.5}, step=3)
+    (started,) = fake.started
+    assert started["id"] == (run_dir / WANDB_ID_FILE).read_text().strip()
+    assert (started["resume"], started["mode"], started["project"], started["tags"]) == ("allow", "offline",
+                                                                                        "itkm-test", ["ddp", "smoke"])
+    assert fake.sent == [{"stage1-train/loss_homo": 1.5, "trainer/global_step": 3}]  # the stage names the metric
+    ITKMCLI(args=args, run=False).trainer.loggers[1].log_metrics({"train/loss_homo": 1.0})  # the requeued job
+    assert [run["id"] for run in fake.started] == [started["id"]] * 2
 
 
 def test_bad_wandb_mode_is_one_line(tmp_path, capsys):

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from sklearn.cluster import DBSCAN
 
 from itkm_lightning.clustering import cluster, jaccard_distance
-from itkm_lightning.sparse_dbscan import core_points, dbscan
+from itkm_lightning.clustering.dbscan import core_points, dbscan
 
 
 def random_symmetric(seed: int, n: int, density: float, eps: float, tie_share: float) -> sp.csr_matrix:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,14 @@ import torch.nn.functional as F
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.feature_batches import ScenarioMixingClusterSampler, scenario_quotas
 from itkm_lightning.data.sources import SyntheticBenchmark
-from itkm_lightning.models.clip import CLIPTextEncoder, build_prompt_template, clip_tokenizer, load_clip_model
+from itkm_lightning.models.clip_loading import load_clip_model
+from itkm_lightning.models.clip_text import CLIPTextEncoder, build_prompt_template
 from itkm_lightning.models.losses import scenario_separation, supervised_contrastive
-from itkm_lightning.stages.stage2 import FEATURE_CACHE, Stage2, lr_factor
+from itkm_lightning.handoffs import Stage1Handoff, Stage2Handoff
+from itkm_lightning.models.tokenizer import clip_tokenizer
+from itkm_lightning.stages import frozen_features
+from itkm_lightning.stages.frozen_features import FEATURE_CACHE
+from itkm_lightning.stages.stage2 import Stage2
 
 # ------------------------------------------------------------------------------------------------ losses
 
@@ -49,12 +54,6 @@ def test_separation_loss_is_zero_for_one_scenario_and_still_differentiable():
     loss = scenario_separation(features, torch.zeros(5, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(features.grad) == 0
-
-
-def test_lr_factor_warms_up_then_decays():
-    assert lr_factor(0, 100, 10, 0.1, 0.01) == pytest.approx(0.1)
-    assert lr_factor(10, 100, 10, 0.1, 0.01) == pytest.approx(1.0)
-    assert lr_factor(100, 100, 10, 0.1, 0.01) == pytest.approx(0.01)
 
 
 # ------------------------------------------------------------------------------------------------ text side
@@ -159,7 +158,7 @@ def fake_stage1_handoff(dm, only_scenario: str | None = None) -> dict:
 def build_stage2(tiny_backbone, dm, only_scenario: str | None = None, **kwargs) -> Stage2:
     module = Stage2(backbone=tiny_backbone, extract_device="cpu", clusters_per_batch=4, instances_per_cluster=2,
                     **kwargs)
-    module.receive_handoff({"stage1": fake_stage1_handoff(dm, only_scenario)})
+    module.receive_handoff({"stage1": Stage1Handoff.from_dict(fake_stage1_handoff(dm, only_scenario))})
     return module
 
 
@@ -210,11 +209,13 @@ def test_tiny_fit_lowers_the_loss_and_hands_over_normalised_text(tiny_backbone, 
     assert image_to_all_texts_loss(module) < before - 0.1
     assert set(module.text_stats) == {"intra_scenario_cos", "inter_scenario_cos", "image_to_text_top1"}
 
-    handoff = module.make_handoff(datamodule)
+    made = module.make_handoff(datamodule)
+    assert isinstance(made, Stage2Handoff)
+    handoff = made.to_dict()
     labels = fake_stage1_handoff(datamodule)["labels"]
     num_clusters = int(labels.max()) + 1
-    assert set(handoff) == {"stage", "text_features", "cluster_scenario", "cluster_block", "prompts", "labels",
-                            "logit_scale"}
+    assert list(handoff) == ["stage", "text_features", "cluster_scenario", "cluster_block", "prompts", "labels",
+                             "logit_scale"]
     assert handoff["text_features"].shape == (num_clusters, tiny_backbone.projection_dim)
     torch.testing.assert_close(handoff["text_features"].norm(dim=1), torch.ones(num_clusters))
     assert handoff["prompts"].shape == (num_clusters, 4, tiny_backbone.text["hidden_size"])
@@ -229,7 +230,7 @@ def test_tiny_fit_lowers_the_loss_and_hands_over_normalised_text(tiny_backbone, 
     # the features are cached: a second call (resume) extracts nothing
     cache = torch.load(tmp_path / FEATURE_CACHE, weights_only=True)
     assert len(cache["paths"]) == len({s.path for s, keep in zip(datamodule.train_samples, kept) if keep})
-    monkeypatch.setattr(Stage2, "_extract", lambda *a: pytest.fail("features extracted again"))
+    monkeypatch.setattr(frozen_features, "extract_features", lambda *a: pytest.fail("features extracted again"))
     module.fit_kwargs(datamodule, tmp_path)
 
 
@@ -292,7 +293,7 @@ def test_receive_handoff_rejects_stage1_without_clusters(tiny_backbone, datamodu
     handoff = fake_stage1_handoff(datamodule)
     handoff["labels"] = torch.full_like(handoff["labels"], -1)
     with pytest.raises(ValueError, match="no cluster"):
-        Stage2(backbone=tiny_backbone).receive_handoff({"stage1": handoff})
+        Stage2(backbone=tiny_backbone).receive_handoff({"stage1": Stage1Handoff.from_dict(handoff)})
 
 
 def test_fit_kwargs_rejects_a_handoff_for_other_images(tiny_backbone, datamodule, tmp_path):

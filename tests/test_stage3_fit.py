@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sources import SyntheticBenchmark
-from itkm_lightning.models.clip import CLIPImageEncoder
+from itkm_lightning.handoffs import Handoff, Stage1Handoff, Stage2Handoff, Stage3Handoff
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 from itkm_lightning.stages.stage3 import Stage3
 
 CLUSTERING = ClusteringConfig(eps=0.7, min_samples=2, k1=6, k2=3)
@@ -30,7 +31,7 @@ def make_datamodule(root) -> ReIDDataModule:
     return dm
 
 
-def fake_handoffs(dm: ReIDDataModule, backbone) -> dict[str, dict]:
+def fake_handoffs(dm: ReIDDataModule, backbone) -> dict[str, Handoff]:
     """Stage I: a random tiny encoder and labels = true identity per block with every 5th image an outlier;
     Stage II: random normalised text features, one per Stage I cluster."""
     torch.manual_seed(1)
@@ -47,7 +48,7 @@ def fake_handoffs(dm: ReIDDataModule, backbone) -> dict[str, dict]:
     stage2 = {"stage": "stage2", "text_features": text, "labels": labels.clone(),
               "cluster_scenario": torch.zeros(num, dtype=torch.long), "cluster_block": torch.zeros(num, dtype=torch.long),
               "prompts": torch.zeros(num, 4, 32), "logit_scale": 14.3}
-    return {"stage1": stage1, "stage2": stage2}
+    return {"stage1": Stage1Handoff.from_dict(stage1), "stage2": Stage2Handoff.from_dict(stage2)}
 
 
 def test_tiny_fit_logs_matching_and_hands_off(tmp_path, synthetic_root, tiny_backbone):
@@ -56,7 +57,7 @@ def test_tiny_fit_logs_matching_and_hands_off(tmp_path, synthetic_root, tiny_bac
     model = Stage3(backbone=tiny_backbone, clustering=CLUSTERING, optim=OPTIM)
     model.receive_handoff(handoffs)
     for name, value in model.encoder.state_dict().items():
-        assert torch.equal(value, handoffs["stage1"]["encoder"][name]), name
+        assert torch.equal(value, handoffs["stage1"].encoder[name]), name
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(str(tmp_path), name="", version="logs"),
                         enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
                         reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0, limit_val_batches=0,
@@ -74,7 +75,7 @@ def test_tiny_fit_logs_matching_and_hands_off(tmp_path, synthetic_root, tiny_bac
     assert model.instance_text.shape == (n, 16)
     assert torch.allclose(model.instance_text.norm(dim=1), torch.ones(n), atol=1e-5)
     # the DRU moved u away from T_off (two re-clusterings, alpha 0.5) but not for every instance to the same text
-    init = handoffs["stage2"]["text_features"][handoffs["stage1"]["labels"].clamp_min(0)]
+    init = handoffs["stage2"].text_features[handoffs["stage1"].labels.clamp_min(0)]
     assert not torch.allclose(model.instance_text, init)
     # partners are clusters of the other group of the same scenario
     partner = model.chm_partner
@@ -87,10 +88,11 @@ def test_tiny_fit_logs_matching_and_hands_off(tmp_path, synthetic_root, tiny_bac
     assert torch.equal(model.instance_blocks[pos[rows, cols]], model.other_block[model.instance_blocks[rows]])
 
     handoff = model.make_handoff(dm)
-    assert set(handoff) == {"stage", "encoder", "labels", "text"} and handoff["stage"] == "stage3"
-    assert handoff["labels"].shape == (n,) and handoff["text"].shape == (n, 16)
-    assert set(handoff["encoder"]) == set(model.encoder.state_dict())
-    assert all(v.device.type == "cpu" for v in handoff["encoder"].values())
+    assert isinstance(handoff, Stage3Handoff) and list(handoff.to_dict()) == ["stage", "encoder", "labels", "text"]
+    assert handoff.stage == "stage3"
+    assert handoff.labels.shape == (n,) and handoff.text.shape == (n, 16)
+    assert set(handoff.encoder) == set(model.encoder.state_dict())
+    assert all(v.device.type == "cpu" for v in handoff.encoder.values())
 
 
 def test_switches_turn_losses_off_and_freeze_the_projection(tiny_backbone):
@@ -140,7 +142,7 @@ def test_missing_or_mismatched_handoffs_are_clear_errors(synthetic_root, tiny_ba
     model = Stage3(backbone=tiny_backbone)
     with pytest.raises(ValueError, match="missing \\['stage2'\\]"):
         model.receive_handoff({"stage1": handoffs["stage1"]})
-    bad = dict(handoffs["stage2"], labels=handoffs["stage2"]["labels"] + 1)
+    bad = Stage2Handoff.from_dict(dict(handoffs["stage2"].to_dict(), labels=handoffs["stage2"].labels + 1))
     with pytest.raises(ValueError, match="re-run Stage II"):
         model.receive_handoff({"stage1": handoffs["stage1"], "stage2": bad})
     other = Stage3(backbone=tiny_backbone.model_copy(update={"dual_branch": False}))
@@ -150,7 +152,7 @@ def test_missing_or_mismatched_handoffs_are_clear_errors(synthetic_root, tiny_ba
     dm.train_samples = dm.train_samples[::-1]
     with pytest.raises(ValueError, match="training set differs"):
         model.bind_training_set(dm)
-    assert np.array_equal(handoffs["stage1"]["blocks"].numpy(), make_datamodule(synthetic_root).block_of_index)
+    assert np.array_equal(handoffs["stage1"].blocks.numpy(), make_datamodule(synthetic_root).block_of_index)
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def test_only_the_supervised_stage_reads_ground_truth(tiny_backbone):
     assert not any(getattr(cls, "reads_ground_truth", False) for cls in (Stage1, Stage2, Stage3))
     fitting = SimpleNamespace(state=SimpleNamespace(fn="fit"))
     stage1, supervised = Stage1(backbone=tiny_backbone), SupervisedStage1(backbone=tiny_backbone)
-    stage1._trainer = supervised._trainer = fitting
+    stage1.trainer = supervised.trainer = fitting
     assert [type(c) for c in stage1.configure_callbacks()] == [PseudoLabelCallback]
     assert [type(c) for c in supervised.configure_callbacks()] == [GroundTruthLabelCallback]
 
@@ -126,7 +126,7 @@ def test_pipeline_builds_the_reference_from_stage1s_arguments_with_its_own_optim
 def test_the_reference_runs_only_where_a_config_enables_it(config, enabled, capsys):
     import yaml
 
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
 
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(REPO / "conf" / config), "--print_config"])
@@ -157,7 +157,7 @@ def test_results_say_how_far_a_stage_got_towards_the_reference(tmp_path):
 def test_fit_writes_a_supervised_row_beside_the_others_and_skips_it_when_done(tmp_path, synthetic_root, capsys):
     import json
 
-    from itkm_lightning.cli import main
+    from itkm_lightning.command import main
     from itkm_lightning.handoffs import handoff_path, load_handoff
 
     run_dir = tmp_path / "run"
@@ -191,7 +191,7 @@ def test_the_reference_has_its_own_epochs_and_validation_cadence(synthetic_root,
                         "--run_dir", str(tmp_path / "run"), "--supervised.enabled", "true",
                         "--epochs.supervised", "5", "--supervised.check_val_every_n_epoch", "5"], run=False)
     stage1 = cli.trainer
-    supervised = cli.instantiate_trainer("supervised")
+    supervised = cli.trainer_setup.build("supervised")
     assert (stage1.max_epochs, stage1.check_val_every_n_epoch) == (2, 1)  # smoke.yaml's trainer section
     assert (supervised.max_epochs, supervised.check_val_every_n_epoch) == (5, 5)
     assert supervised.default_root_dir == str(tmp_path / "run" / "supervised")

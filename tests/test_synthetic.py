@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from itkm_lightning.data import synthetic
-from itkm_lightning.data import synthetic_render as render
-from itkm_lightning.data.synthetic import (
+from itkm_lightning.synthetic import benchmark as synthetic
+from itkm_lightning.synthetic import modalities, render, world
+from itkm_lightning.synthetic.benchmark import (
     MANIFEST_COLUMNS,
     SyntheticSpec,
     ensure_synthetic,
@@ -268,17 +268,17 @@ def test_vi_infrared_images_are_one_channel_replicated(tiny_splits):
 def flat_infrared(colours: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Mean infrared intensity of flat patches of each colour (no noise, no detail)."""
     patch = Image.fromarray(np.repeat(colours[:, None, :], 8, axis=1).astype(np.uint8))
-    ir = render.to_infrared(patch, lut, np.random.default_rng(0), noise_std=0.0, detail_gain=0.0)
+    ir = modalities.to_infrared(patch, lut, np.random.default_rng(0), noise_std=0.0, detail_gain=0.0)
     return np.asarray(ir, dtype=np.float32)[..., 0].mean(axis=1)
 
 
 def test_infrared_order_is_not_monotone_in_luminance_but_partly_consistent():
     rng = np.random.default_rng(0)
     colours = rng.integers(0, 256, size=(200, 3))
-    luma = np.array([render.luminance(tuple(c)) for c in colours])
+    luma = np.array([world.luminance(tuple(c)) for c in colours])
     correlations = []
     for seed in range(5):
-        intensity = flat_infrared(colours, render.make_infrared_lut(np.random.default_rng(seed)))
+        intensity = flat_infrared(colours, modalities.make_infrared_lut(np.random.default_rng(seed)))
         # A flipped pair: brighter in luminance by >= 0.2, darker in infrared by >= 20 levels.
         brighter = luma[:, None] - luma[None, :] >= 0.2
         darker = intensity[:, None] - intensity[None, :] <= -20
@@ -291,23 +291,23 @@ def test_infrared_order_is_not_monotone_in_luminance_but_partly_consistent():
 
 def test_infrared_keeps_pattern_structure():
     rng = np.random.default_rng(3)
-    identity, camera = render.sample_identity(rng), render.sample_camera_style(rng)
+    identity, camera = world.sample_identity(rng), world.sample_camera_style(rng)
     for pattern in ("stripes", "checks"):
         for seed in range(6):
             plain = replace(
-                render.sample_outfit(np.random.default_rng(100 + seed)),
+                world.sample_outfit(np.random.default_rng(100 + seed)),
                 pattern="plain",
                 pattern_colour=None,
                 sleeves="long",
             )
-            name = render.contrasting_colour_names(plain.upper.rgb)[0]
+            name = world.contrasting_colour_names(plain.upper.rgb)[0]
             patterned = replace(
                 plain,
                 pattern=pattern,
                 pattern_period=0.06,
-                pattern_colour=render.NamedColour(name, render.CLOTHES_PALETTE[name]),
+                pattern_colour=world.NamedColour(name, world.CLOTHES_PALETTE[name]),
             )
-            lut = render.make_infrared_lut(np.random.default_rng(seed))
+            lut = modalities.make_infrared_lut(np.random.default_rng(seed))
             pictures = []
             for outfit in (plain, patterned):
                 ir, mask = render.render_person(
@@ -324,20 +324,20 @@ def test_a_garments_infrared_intensity_belongs_to_the_material_not_the_lighting(
     of different brightness, cameras and colour casts, a garment's intensity *relative to* another
     garment of the same picture stays the same (up to noise), and is a fixed function of its colour."""
     rng = np.random.default_rng(5)
-    identity = render.sample_identity(rng)
-    lut = render.make_infrared_lut(np.random.default_rng(1))
+    identity = world.sample_identity(rng)
+    lut = modalities.make_infrared_lut(np.random.default_rng(1))
     for trial in range(4):
-        outfit = replace(render.sample_outfit(np.random.default_rng(40 + trial)), pattern="plain",
+        outfit = replace(world.sample_outfit(np.random.default_rng(40 + trial)), pattern="plain",
                          pattern_colour=None, sleeves="long", lower_kind="trousers")
         ratios, old_ratios = [], []
         for seed in range(8):
-            camera = render.sample_camera_style(np.random.default_rng(200 + seed))
-            pose = render.Pose(view="front", stride=0.0, arm_swing=0.0)
+            camera = world.sample_camera_style(np.random.default_rng(200 + seed))
+            pose = world.Pose(view="front", stride=0.0, arm_swing=0.0)
             ir, mask = render.render_person(identity, outfit, camera, np.random.default_rng(seed), (128, 64),
                                             pose=pose, infrared_lut=lut)
             visible, _ = render.render_person(identity, outfit, camera, np.random.default_rng(seed), (128, 64),
                                               pose=pose)
-            old = render.to_infrared(visible, lut, np.random.default_rng(seed))
+            old = modalities.to_infrared(visible, lut, np.random.default_rng(seed))
             clothes = np.asarray(mask) == 255
             rows = np.nonzero(clothes.any(axis=1))[0]
             middle = (rows.min() + rows.max()) // 2
@@ -353,9 +353,9 @@ def test_a_garments_infrared_intensity_belongs_to_the_material_not_the_lighting(
 
 def test_infrared_pictures_have_no_colour_cast():
     rng = np.random.default_rng(9)
-    identity, outfit, camera = render.sample_identity(rng), render.sample_outfit(rng), render.sample_camera_style(rng)
+    identity, outfit, camera = world.sample_identity(rng), world.sample_outfit(rng), world.sample_camera_style(rng)
     ir, _ = render.render_person(identity, outfit, camera, rng, (64, 32),
-                                 infrared_lut=render.make_infrared_lut(rng))
+                                 infrared_lut=modalities.make_infrared_lut(rng))
     pixels = np.asarray(ir)
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
 
@@ -363,12 +363,12 @@ def test_infrared_pictures_have_no_colour_cast():
 def test_clothes_mask_covers_exactly_what_the_outfit_changes():
     rng = np.random.default_rng(11)
     for _ in range(6):
-        identity, camera = render.sample_identity(rng), render.sample_camera_style(rng)
-        first = render.sample_outfit(rng)
+        identity, camera = world.sample_identity(rng), world.sample_camera_style(rng)
+        first = world.sample_outfit(rng)
         second = replace(
             first,
-            upper=render.NamedColour("x", tuple(255 - c for c in first.upper.rgb)),
-            lower=render.NamedColour("y", tuple(255 - c for c in first.lower.rgb)),
+            upper=world.NamedColour("x", tuple(255 - c for c in first.upper.rgb)),
+            lower=world.NamedColour("y", tuple(255 - c for c in first.lower.rgb)),
         )
         seed = int(rng.integers(1 << 30))
         image_a, mask_a = render.render_person(
@@ -392,20 +392,20 @@ def test_clothes_mask_covers_exactly_what_the_outfit_changes():
 def test_traits_are_named_palette_attributes():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        identity = render.sample_identity(rng)
-        outfit = render.sample_outfit(rng)
-        assert identity.skin.name in render.SKIN_PALETTE and identity.hair_colour.name in render.HAIR_PALETTE
-        assert identity.hair_style in render.HAIR_STYLES and identity.bag in render.BAG_TYPES
+        identity = world.sample_identity(rng)
+        outfit = world.sample_outfit(rng)
+        assert identity.skin.name in world.SKIN_PALETTE and identity.hair_colour.name in world.HAIR_PALETTE
+        assert identity.hair_style in world.HAIR_STYLES and identity.bag in world.BAG_TYPES
         assert (identity.bag == "none") == (identity.bag_colour is None)
-        assert outfit.upper.name in render.CLOTHES_PALETTE and outfit.lower.name in render.CLOTHES_PALETTE
+        assert outfit.upper.name in world.CLOTHES_PALETTE and outfit.lower.name in world.CLOTHES_PALETTE
         assert (outfit.pattern == "plain") == (outfit.pattern_colour is None)
         if outfit.pattern_colour is not None:
-            contrast = abs(render.luminance(outfit.pattern_colour.rgb) - render.luminance(outfit.upper.rgb))
-            assert contrast > render.PATTERN_MIN_LUMINANCE_CONTRAST - 0.1  # jitter moves it a little
-    image, mask = render.render_person(identity, outfit, render.sample_camera_style(rng), rng, (96, 48))
+            contrast = abs(world.luminance(outfit.pattern_colour.rgb) - world.luminance(outfit.upper.rgb))
+            assert contrast > world.PATTERN_MIN_LUMINANCE_CONTRAST - 0.1  # jitter moves it a little
+    image, mask = render.render_person(identity, outfit, world.sample_camera_style(rng), rng, (96, 48))
     assert image.mode == "RGB" and mask.mode == "L" and image.size == mask.size == (48, 96)
     with pytest.raises(ValueError, match="at least"):
-        render.render_person(identity, outfit, render.sample_camera_style(rng), rng, (4, 2))
+        render.render_person(identity, outfit, world.sample_camera_style(rng), rng, (4, 2))
 
 
 def test_infrared_lut_is_indexed_red_green_blue():
@@ -414,7 +414,7 @@ def test_infrared_lut_is_indexed_red_green_blue():
     for axis in range(3):
         lut = np.broadcast_to(grid.reshape([6 if a == axis else 1 for a in range(3)]), (6, 6, 6))
         intensity = flat_infrared(colours, np.ascontiguousarray(lut))
-        luma = np.array([render.luminance(tuple(c)) for c in colours]) * 255
+        luma = np.array([world.luminance(tuple(c)) for c in colours]) * 255
         lut_part = (intensity - 0.4 * luma) / 0.6  # undo the luminance share
         expected = np.zeros(4)
         expected[axis] = 255

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.timm_tower import (
     DEEP_SORT_SOURCE,
     TimmImageEncoder,
@@ -219,7 +219,7 @@ def test_embed_and_export_open_a_timm_handoff(tmp_path):
 def test_pseudo_label_scores_come_from_torchmetrics_and_match_sklearn():
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    from itkm_lightning.callbacks.pseudo_labels import block_quality
+    from itkm_lightning.clustering.blocks import block_quality
 
     rng = np.random.default_rng(0)
     labels = rng.integers(-1, 20, 300)

@@ -9,30 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from itkm_lightning.cli import main
+from itkm_lightning.command import main
 
 REPO_CONF_SMOKE = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf" / "smoke.yaml"
 from itkm_lightning.data import transforms
-from itkm_lightning.tools.features import list_images, load_embeddings
+from itkm_lightning.tools.embedding_files import load_embeddings
+from itkm_lightning.tools.features import list_images
 from itkm_lightning.tools.model_source import load_image_encoder
-
-
-@pytest.fixture()
-def trained(tmp_path, tiny_backbone):
-    """A run directory holding Stage I's checkpoint in the layout of a Stage-I-only run, and its Stage1."""
-    from itkm_lightning.stages.stage1 import Stage1
-
-    torch.manual_seed(3)
-    stage = Stage1(backbone=tiny_backbone)
-    with torch.no_grad():  # move away from the init, so a model that failed to load would differ
-        for param in stage.encoder.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    run_dir = tmp_path / "run"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": stage.state_dict(), "hyper_parameters": dict(stage.hparams),
-                "pytorch-lightning_version": "2.6"}, ckpt)
-    return run_dir, stage.encoder.eval()
 
 
 def gallery_dir(synthetic_root):
@@ -53,7 +36,8 @@ def features(encoder, inputs):
 
 # ------------------------------------------------------------------ model sources
 def test_every_model_source_gives_the_trained_encoder(trained):
-    run_dir, reference = trained
+    run_dir, _, stage = trained
+    reference = stage.encoder
     inputs = mixed_batch(reference)
     expected = features(reference, inputs)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -92,7 +76,8 @@ def test_bad_model_sources_say_what_to_pass(tmp_path):
 def test_embed_writes_the_encoders_features_for_a_folder(trained, synthetic_root, tmp_path, capsys):
     from itkm_lightning.data.dataset import load_rgb
 
-    run_dir, reference = trained
+    run_dir, _, stage = trained
+    reference = stage.encoder
     out = tmp_path / "emb"
     main(["embed", str(gallery_dir(synthetic_root)), "--model", str(run_dir), "--scenario", "cr", "--group", "1",
           "--out", str(out), "--batch_size", "5"])
@@ -108,7 +93,7 @@ def test_embed_writes_the_encoders_features_for_a_folder(trained, synthetic_root
 
 
 def test_embed_reads_tags_from_a_config(trained, synthetic_root, tmp_path):
-    run_dir, _ = trained
+    run_dir = trained.run_dir
     config = tmp_path / "data.yaml"
     config.write_text(f"data:\n  root: {synthetic_root}\n  sources:\n"
                       "    - class_path: itkm_lightning.data.SyntheticBenchmark\n"
@@ -121,7 +106,7 @@ def test_embed_reads_tags_from_a_config(trained, synthetic_root, tmp_path):
 
 
 def test_embed_without_scenario_is_one_line(trained, synthetic_root, tmp_path, capsys):
-    run_dir, _ = trained
+    run_dir = trained.run_dir
     with pytest.raises(SystemExit) as exit_info:
         main(["embed", str(gallery_dir(synthetic_root)), "--model", str(run_dir), "--out", str(tmp_path / "e")])
     assert exit_info.value.code == 2
@@ -135,7 +120,7 @@ def embed(run_dir, folder, out):
 
 
 def test_search_finds_each_gallery_image_first_and_writes_json_table_grid(trained, synthetic_root, tmp_path, capsys):
-    run_dir, _ = trained
+    run_dir = trained.run_dir
     gallery = embed(run_dir, gallery_dir(synthetic_root), tmp_path / "g")
     queries = list_images([gallery_dir(synthetic_root)])[:4]  # raw images: embedded on the fly
     capsys.readouterr()
@@ -160,7 +145,7 @@ def test_search_finds_each_gallery_image_first_and_writes_json_table_grid(traine
 
 
 def test_search_falls_back_to_torch_without_faiss(trained, synthetic_root, tmp_path, capsys, monkeypatch):
-    run_dir, _ = trained
+    run_dir = trained.run_dir
     gallery = embed(run_dir, gallery_dir(synthetic_root), tmp_path / "g")
     queries = embed(run_dir, synthetic_root / "synthetic" / "tiny" / "cr" / "query", tmp_path / "q")
     capsys.readouterr()
@@ -182,6 +167,36 @@ def test_search_falls_back_to_torch_without_faiss(trained, synthetic_root, tmp_p
     assert "pip install faiss-cpu" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_gallery_search_is_the_clustering_top_k_exactly(backend, tmp_path):
+    """`itkm search` ranks with clustering's knn: the same numbers as the flat faiss index and the torch matmul +
+    topk it used to run itself, bit for bit (ties included), and a saved index reads back to the same result."""
+    from itkm_lightning.tools.search import GalleryIndex, normalize
+
+    if backend == "faiss":
+        faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    gallery, queries = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    gallery[1] = gallery[0]  # a tie
+    index = GalleryIndex(gallery, backend)
+    got = index.search(queries, 7)
+    if backend == "faiss":
+        reference = faiss.IndexFlatIP(16)
+        reference.add(normalize(gallery))
+        expected = reference.search(normalize(queries), 7)
+    else:
+        top = (torch.from_numpy(normalize(queries)) @ torch.from_numpy(normalize(gallery)).T).topk(7, dim=1)
+        expected = top.values.numpy(), top.indices.numpy()
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert [a.shape for a in index.search(queries, 1000)] == [(40, 300), (40, 300)]  # k beyond the gallery: all
+    if backend == "faiss":
+        (tmp_path / "features.npy").write_bytes(b"")
+        GalleryIndex.for_embedding_dir(tmp_path, gallery, backend)  # builds and saves faiss.index
+        loaded = GalleryIndex.for_embedding_dir(tmp_path, gallery, backend)
+        assert all(np.array_equal(a, b) for a, b in zip(loaded.search(queries, 7), got))
+
+
 def test_search_of_images_without_a_model_names_the_fix(synthetic_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["search", str(gallery_dir(synthetic_root)), "--gallery", str(gallery_dir(synthetic_root))])
@@ -191,7 +206,7 @@ def test_search_of_images_without_a_model_names_the_fix(synthetic_root, tmp_path
 def test_embed_of_a_dataset_split_keeps_pid_camid_clothes(trained, synthetic_root, tmp_path):
     from itkm_lightning.tools.features import samples_from_config
 
-    run_dir, _ = trained
+    run_dir = trained.run_dir
     config = tmp_path / "data.yaml"
     config.write_text(f"data:\n  root: {synthetic_root}\n  sources: [synthetic]\n")
     for split in ("query", "gallery"):
@@ -240,7 +255,7 @@ def test_search_evaluate_scores_two_embed_folders(protocol, trained, synthetic_r
 
 
 def test_search_evaluate_without_labels_is_one_line(trained, synthetic_root, tmp_path, capsys):
-    run_dir, _ = trained
+    run_dir = trained.run_dir
     loose = embed(run_dir, gallery_dir(synthetic_root), tmp_path / "loose")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -257,7 +272,8 @@ def test_export_matches_the_checkpoint(fmt, suffix, trained, tmp_path, capsys):
     with batch sizes other than the trace's (5 and 1)."""
     from itkm_lightning.tools.export import load_exported
 
-    run_dir, reference = trained
+    run_dir, _, stage = trained
+    reference = stage.encoder
     out = tmp_path / f"encoder{suffix}"
     main(["export", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out), "--format", fmt])
     assert "max abs diff" in capsys.readouterr().out
@@ -272,6 +288,7 @@ def test_export_matches_the_checkpoint(fmt, suffix, trained, tmp_path, capsys):
         assert float((exported(*single) - features(reference, single)).abs().max()) < 1e-5
     spec = json.loads((tmp_path / f"encoder{suffix}.json").read_text())
     assert spec["image_size"] == list(reference.cfg.image_size) and spec["parity_max_abs_diff"] < 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("run", "other")) == [f"encoder{suffix}", f"encoder{suffix}.json"]
 
 
 def test_onnx_export_reports_missing_packages(trained, tmp_path, capsys):
@@ -279,7 +296,7 @@ def test_onnx_export_reports_missing_packages(trained, tmp_path, capsys):
 
     if onnx_available():
         pytest.skip("onnx is installed here; the missing-package message cannot be shown")
-    run_dir, _ = trained
+    run_dir = trained.run_dir
     with pytest.raises(SystemExit):
         main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "e.onnx")])
     assert "pip install onnx onnxscript" in capsys.readouterr().err
@@ -287,7 +304,9 @@ def test_onnx_export_reports_missing_packages(trained, tmp_path, capsys):
 
 def test_a_pretrained_backbone_needs_only_its_config_to_open_a_checkpoint(tmp_path, tiny_backbone):
     """A checkpoint of a `pretrained: true` run opens from config.json alone (the weights come from the checkpoint)."""
-    from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, random_clip_model
+    from itkm_lightning.models.backbone_config import BackboneConfig
+    from itkm_lightning.models.clip_image import CLIPImageEncoder
+    from itkm_lightning.models.clip_loading import random_clip_model
 
     clip_dir = tmp_path / "clip"
     random_clip_model(tiny_backbone).save_pretrained(str(clip_dir))

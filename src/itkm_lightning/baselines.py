@@ -8,6 +8,7 @@ from PIL import Image
 
 from itkm_lightning.data.dataset import load_rgb
 from itkm_lightning.data.schema import BenchmarkSplit
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
 
 def raw_pixel_features(paths: list[str], size: tuple[int, int] = (16, 8)) -> torch.Tensor:
@@ -24,7 +25,5 @@ def raw_pixel_results(benchmarks: list[BenchmarkSplit], size: tuple[int, int] = 
                       rerank=None) -> dict[str, dict]:
     """The ``raw_pixels`` stage: every benchmark scored on raw-pixel features with its own protocol
     (re-ranked with ``rerank``, a RerankConfig, when given)."""
-    from itkm_lightning.stages.base import evaluate_benchmark
-
     return {b.name: evaluate_benchmark(b, raw_pixel_features([s.path for s in b.query + b.gallery], size), rerank=rerank)
             for b in benchmarks}

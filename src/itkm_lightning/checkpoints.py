@@ -2,12 +2,11 @@
 
 * :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in the same folder, fsyncs it and
   renames it into place, so a checkpoint name never holds half a file.
-* :func:`rolling_checkpoints` keeps the two newest end-of-epoch checkpoints (plus ``last.ckpt``, a link to
-  the newest), so a checkpoint damaged after it was written still leaves a good one to resume from.
-* :func:`resume_checkpoint` picks the newest checkpoint of a folder that loads, warning about each one
-  that does not.
+* :func:`read_checkpoint` loads a training checkpoint safely or raises :class:`CorruptCheckpointError`.
 * :class:`CheckpointStamp` records which stage and backbone wrote a checkpoint; :func:`check_compatible`
   turns a checkpoint of another stage or backbone into one clear error instead of a shape traceback.
+
+Which checkpoints a stage keeps is trainer setup (trainer_setup.py); which one it resumes from is resume.py.
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
 
 from itkm_lightning import safe_load
+from itkm_lightning.errors import ITKMError
 from itkm_lightning.fileio import atomic_write
 
 REQUIRED_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
@@ -34,11 +32,11 @@ STOPPED_CHECKPOINT = "stopped.ckpt"
 """Written when a stage stops on purpose (no pseudo-label cluster); resumable after the fix."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(ITKMError, ValueError):
     """A checkpoint file that exists but cannot be read back."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ITKMError, ValueError):
     """A checkpoint written by another stage or for another backbone than the model it is loaded into."""
 
 
@@ -55,30 +53,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         atomic_write(path, lambda handle: torch.save(checkpoint, handle))
-
-
-def rolling_checkpoints(dirpath: str | Path) -> ModelCheckpoint:
-    """End-of-epoch checkpoints ``epoch=NNN.ckpt``; the two newest are kept, ``last.ckpt`` links the newest.
-
-    Saved at the end of the training epoch, after the pseudo-labels for the next epoch were made (the
-    re-clustering callback runs before checkpoint callbacks), so a resumed run trains on exactly the labels
-    an uninterrupted one would.
-    """
-    return ModelCheckpoint(
-        dirpath=str(dirpath), filename="epoch={epoch:03d}", auto_insert_metric_name=False,
-        monitor="step", mode="max", save_top_k=2, save_last="link",
-        every_n_epochs=1, save_on_train_epoch_end=True,
-        enable_version_counter=False,  # a resumed run overwrites (atomically) instead of adding `-v1` copies
-    )
-
-
-def fault_tolerance_callbacks(seed: int) -> list[L.Callback]:
-    """What every training run installs besides its checkpoint callback (see docs/reliability.md)."""
-    from itkm_lightning.callbacks.guards import NonFiniteLossGuard
-    from itkm_lightning.loggers import LogsFollowCheckpoints
-    from itkm_lightning.seeding import EpochSeed
-
-    return [CheckpointStamp(), LogsFollowCheckpoints(), NonFiniteLossGuard(), EpochSeed(seed)]
 
 
 class CheckpointStamp(L.Callback):
@@ -121,36 +95,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CorruptCheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a Lightning training checkpoint")
     return checkpoint
-
-
-def checkpoint_candidates(directory: str | Path) -> list[Path]:
-    """Resumable ``*.ckpt`` files of ``directory``, newest first (links resolved, each file once)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    files: dict[Path, Path] = {}
-    for path in directory.glob("*.ckpt"):
-        if path.name.startswith(NONFINITE_PREFIX) or not path.exists():
-            continue  # diagnostics of a failed step; dangling links
-        files.setdefault(path.resolve(), path)
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
-
-
-def resume_checkpoint(directory: str | Path) -> Path | None:
-    """The newest checkpoint in ``directory`` that loads; ``None`` when there is none.
-
-    Each newer file that does not load (truncated, corrupt, not a training checkpoint) is reported with a
-    warning naming it, and the previous one is tried. A file that would run code stops the run
-    (:class:`~itkm_lightning.safe_load.UnsafeFileError`): someone put it there, which is no disk fault.
-    """
-    for path in checkpoint_candidates(directory):
-        try:
-            read_checkpoint(path)
-        except CorruptCheckpointError as err:
-            rank_zero_warn(f"{err}; skipping it and trying the previous checkpoint (delete the file to silence this)")
-            continue
-        return path
-    return None
 
 
 def check_resumable(path: str | Path, module: L.LightningModule) -> None:

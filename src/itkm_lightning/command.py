@@ -6,7 +6,6 @@ Importing Lightning and transformers costs seconds; ``itkm --help``, ``itkm repo
 
 from __future__ import annotations
 
-import os
 import sys
 
 TOOLS = {
@@ -55,23 +54,18 @@ def main(argv: list[str] | None = None) -> None:
         if not argv:
             raise SystemExit(2)  # no command is a usage error, as argparse has it
         return
-    if argv[0] in TOOLS:
-        from itkm_lightning.config_files import check_config_files
+    from itkm_lightning.config_files import check_config_files
+    from itkm_lightning.errors import reported_as_one_line
 
-        try:
-            check_config_files(argv)
-            run_tool(argv[0], argv[1:])
-        except Exception as err:
-            from itkm_lightning.cli import _error_line, _known_errors  # only now: it imports Lightning
+    tool = argv[0] if argv[0] in TOOLS else None
+    with reported_as_one_line(f"itkm {tool}" if tool else "itkm"):
+        check_config_files(argv)
+        if tool:
+            run_tool(tool, argv[1:])
+        else:
+            from itkm_lightning.cli import main as fit_main  # only now: it imports Lightning
 
-            if os.environ.get("ITKM_DEBUG") or not isinstance(err, _known_errors()):
-                raise
-            sys.stderr.write(f"itkm {argv[0]}: error: {_error_line(err)}\n  (set ITKM_DEBUG=1 for the full traceback)\n")
-            raise SystemExit(2) from None
-        return
-    from itkm_lightning.cli import main as lightning_main
-
-    lightning_main(argv)
+            fit_main(argv)
 
 
 if __name__ == "__main__":

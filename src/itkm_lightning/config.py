@@ -18,9 +18,11 @@ class ClusteringConfig(BaseModel):
     k1: int = Field(30, ge=1, description="k-reciprocal neighbourhood size")
     k2: int = Field(6, ge=1, description="local query-expansion size, <= k1")
     backend: Literal["auto", "faiss", "torch"] = "auto"
-    knn_index: Literal["exact", "ivf", "hnsw"] = Field(
-        "exact", description="kNN search: exact (default), or an approximate faiss CPU index for CPU-only runs "
-        "(ivf: IVF-Flat; hnsw: HNSW-Flat); labels then differ slightly from the exact ones")
+    knn_index: Literal["exact", "ivf", "hnsw", "bf16"] = Field(
+        "exact", description="kNN search: exact (default), or an approximate one: a faiss CPU index for CPU-only "
+        "runs (ivf: IVF-Flat; hnsw: HNSW-Flat; labels then differ from the exact ones), or bf16 (torch: bfloat16 "
+        "candidates re-scored in float32; fast on GPUs and CPUs with AMX/AVX512-BF16, same labels as exact on the "
+        "benchmark, benchmarks/README.md)")
     knn_nprobe: int = Field(16, ge=1, description="knn_index=ivf: lists searched per query")
     knn_ef_search: int = Field(128, ge=1, description="knn_index=hnsw: candidates kept per query")
 

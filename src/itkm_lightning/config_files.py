@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from itkm_lightning.errors import ConfigError
 
-class ConfigFileError(ValueError):
+
+class ConfigFileError(ConfigError):
     """A ``--config`` file that is not valid YAML, is empty, or is not a mapping of settings."""
 
 
@@ -65,37 +67,3 @@ def check_config_files(argv: Sequence[str]) -> None:
     for name in config_arguments(argv):
         if Path(name).is_file():
             read_mapping(name)
-
-
-def source_class(class_path: str) -> type:
-    """The dataset source class a config names; anything else (``subprocess.run``) is refused before it is called."""
-    from jsonargparse.typing import import_object
-
-    from itkm_lightning.data.sources import DatasetSource
-
-    try:
-        found = import_object(class_path)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"data.sources: class_path {class_path!r} cannot be imported ({err}); "
-                         "see data/README.md for the dataset classes") from None
-    if not (isinstance(found, type) and issubclass(found, DatasetSource)):
-        raise ValueError(f"data.sources: class_path {class_path!r} is not a dataset source (a subclass of "
-                         "itkm_lightning.data.sources.DatasetSource); see data/README.md for the dataset classes")
-    return found
-
-
-def source_of(entry) -> object:
-    """A ``data.sources`` entry as a dataset source: an instance, a short name (``sysu``, data/names.py) or a
-    ``class_path`` (+ ``init_args``) mapping or Namespace."""
-    from itkm_lightning.data.names import class_path_of
-    from itkm_lightning.data.sources import DatasetSource
-
-    if isinstance(entry, DatasetSource):
-        return entry
-    if isinstance(entry, str):
-        return source_class(class_path_of(entry))()
-    get = entry.get
-    if not get("class_path"):
-        raise ValueError(f"data.sources: {entry!r} is neither a dataset short name nor a class_path entry")
-    init = get("init_args")
-    return source_class(get("class_path"))(**(init.as_dict() if hasattr(init, "as_dict") else dict(init or {})))

@@ -62,7 +62,7 @@ def sharded_knn(
     keywords of ``knn`` (an approximate index: every rank builds it over all features and searches its
     slice; the gathered rows are the same on every rank).
     """
-    from itkm_lightning.clustering import knn  # clustering imports nothing from here; keeps the layers apart
+    from itkm_lightning.clustering.knn_search import knn  # a layer below; clustering.blocks is the one above
 
     rank, world_size = rank_and_world_size()
     database = features.to(device)
@@ -88,7 +88,7 @@ def jaccard_row_share(num_rows: int, device: torch.device | str = "cpu"):
     Every rank computes the candidate pairs and exact overlaps of its contiguous slice of rows; the pairs
     are gathered, so every rank ends with the whole, identical matrix.
     """
-    from itkm_lightning.clustering import RowShare  # clustering imports nothing from here
+    from itkm_lightning.clustering.overlaps import RowShare  # a layer below; clustering.blocks is the one above
 
     if not is_distributed():
         return None

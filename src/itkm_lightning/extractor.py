@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from itkm_lightning.data.schema import SCENARIOS, Sample
+from itkm_lightning.errors import ConfigError
 
 
 class FeatureExtractor:
@@ -37,7 +38,7 @@ class FeatureExtractor:
         from itkm_lightning.tools.model_source import load_image_encoder
 
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
         self.encoder, self.backbone = load_image_encoder(model)
         self.encoder.to(self.device)
@@ -57,12 +58,12 @@ class FeatureExtractor:
     @torch.no_grad()
     def __call__(self, images: Any, scenario: str, group: int = 0) -> torch.Tensor:
         if scenario not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
+            raise ConfigError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
         if group not in (0, 1):
-            raise ValueError(f"group must be 0 or 1, got {group!r}")
+            raise ConfigError(f"group must be 0 or 1, got {group!r}")
         items = _as_list(images)
         if not items:
-            raise ValueError("no images given")
+            raise ConfigError("no images given")
         from itkm_lightning.data.dataset import load_rgb
         from itkm_lightning.data.transforms import test_transform
 
@@ -98,8 +99,8 @@ def _as_image(item: Any, load_rgb: Callable[[str], Image.Image]):
         return item.convert("RGB")
     if torch.is_tensor(item):
         if item.dim() != 3 or item.shape[0] != 3:
-            raise ValueError(f"an image tensor must be 3 x H x W (RGB), got shape {tuple(item.shape)}")
+            raise ConfigError(f"an image tensor must be 3 x H x W (RGB), got shape {tuple(item.shape)}")
         if item.is_floating_point() and (item.min() < 0 or item.max() > 1):
-            raise ValueError("an image tensor must hold values in [0, 1] (it is normalised here, as files are)")
+            raise ConfigError("an image tensor must hold values in [0, 1] (it is normalised here, as files are)")
         return item.float() if item.is_floating_point() else item.float() / 255.0
-    raise ValueError(f"cannot read an image from a {type(item).__name__}; pass paths, PIL images or tensors")
+    raise ConfigError(f"cannot read an image from a {type(item).__name__}; pass paths, PIL images or tensors")

@@ -18,11 +18,12 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, fsync: bool = True) -> None:
     """``write(handle)`` into a temporary file in the same folder, fsync it, then rename it over ``path``.
 
     Several DDP ranks may write the same file at once; each rename is whole, so readers never see a mix.
-    A symbolic link at ``path`` is replaced, never written through.
+    A symbolic link at ``path`` is replaced, never written through. ``fsync=False`` skips the flush to disk
+    (still whole after a killed process, not after a power cut) for writers of thousands of files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,14 +32,41 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the final file is an ordinary one
-        if path.is_symlink():
-            path.unlink()
-        os.replace(tmp, path)
+            if fsync:
+                os.fsync(handle.fileno())
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name next to ``path``, renamed over it (fsynced) when the block succeeds, removed if not.
+
+    For writers that want a file name rather than a handle (faiss, TorchScript, torch.export, ONNX): the name
+    keeps ``path``'s suffix, since some of them choose the format by it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        _publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the finished temporary file ordinary permissions and rename it over ``path``."""
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the final file is an ordinary one
+    if path.is_symlink():
+        path.unlink()
+    os.replace(tmp, path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

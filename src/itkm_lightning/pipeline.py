@@ -10,51 +10,32 @@ from the backbone as Stage I does, needs and receives no hand-over, and runs aft
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from itkm_lightning.checkpoints import check_resumable, resume_checkpoint
-from itkm_lightning.slurm import newest_checkpoint, requeue_checkpoint
-from itkm_lightning.handoffs import handoff_path, load_handoff, save_handoff
+from itkm_lightning.checkpoints import check_resumable
+from itkm_lightning.errors import ConfigError, ITKMError
+from itkm_lightning.fit_config import DEFAULT_STAGE_CLASSES, SUPERVISED, build_section
+from itkm_lightning.handoffs import Handoff, handoff_path, load_handoff, save_handoff
+from itkm_lightning.resume import stage_resume_checkpoint
 from itkm_lightning.results import ResultsFile, Timings
 from itkm_lightning.safe_load import register_safe_types
-
-STAGE_NAMES = ("stage1", "stage2", "stage3")
-DEFAULT_STAGE_CLASSES = {
-    "stage2": "itkm_lightning.stages.stage2.Stage2",
-    "stage3": "itkm_lightning.stages.stage3.Stage3",
-}
-SUPERVISED = "supervised"  # the supervised reference step (stages/supervised.py), off unless configured
-STAGE_CHOICES = ("all", *STAGE_NAMES, SUPERVISED, "1", "2", "3")
+from itkm_lightning.stages.protocol import ImageStage, Stage
+from itkm_lightning.trainer_setup import TrainerSetup
 
 
-class StageOrderError(RuntimeError):
+class StageOrderError(ITKMError, RuntimeError):
     """A stage was asked for before the stages it builds on have finished."""
-
-
-class StageUnavailableError(ImportError):
-    """A stage to run has no importable class."""
-
-
-def selected_stage(value: str | None) -> str | None:
-    """``--stage``: ``all``/None -> None (every stage), ``2`` or ``stage2`` -> ``stage2``, ``supervised``."""
-    if value in (None, "all"):
-        return None
-    name = f"stage{value}" if str(value).isdigit() else str(value)
-    if name not in (*STAGE_NAMES, SUPERVISED):
-        raise ValueError(f"--stage must be one of {', '.join(STAGE_CHOICES)}; got {value!r}")
-    return name
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage of the run: how to build its module, and why it cannot be built (None when it can).
+    """One stage of the run and how its module is built: given already (``module``: Stage I, built by the CLI),
+    or from its parsed ``class_path``/``init_args`` section when the stage runs.
 
     ``independent``: the stage starts from the backbone, not from the stages before it (the supervised
     reference): it needs and receives no hand-over, no stage waits for it, and its model is not the run's
@@ -62,69 +43,42 @@ class StageSpec:
     """
 
     name: str
-    build: Callable[[], L.LightningModule]
-    unavailable: str | None = None
+    module: L.LightningModule | None = None
+    section: Any = None
     independent: bool = False
 
-
-def add_stage_arguments(parser) -> None:
-    """``stage2:`` / ``stage3:`` sections: a LightningModule by ``class_path`` (default: the project's stage), with
-    its init args given directly or under ``init_args``; ``backbone`` is linked from ``model.backbone``.
-
-    The stage classes are imported only when a config names them or their module exists, so an installation
-    without a stage module still parses, prints its config and trains the stages it has.
-    """
-    for name, class_path in DEFAULT_STAGE_CLASSES.items():
-        present = importlib.util.find_spec(class_path.rsplit(".", 1)[0]) is not None
-        parser.add_subclass_arguments(
-            L.LightningModule, name, required=False, instantiate=False,
-            default={"class_path": class_path} if present else None,
-            help=f"the {name} module (default {class_path}); its backbone is model.backbone",
-        )
-        parser.link_arguments("model.backbone", f"{name}.init_args.backbone")
+    def build(self) -> L.LightningModule:
+        if self.module is not None:
+            return self.module
+        module = build_section(L.LightningModule, self.name, self.section)
+        if not isinstance(module, Stage):
+            raise ConfigError(f"{self.name}.class_path {self.section.class_path} does not follow the stage contract "
+                              "(stages/protocol.py); name a stage class")
+        if module.stage_name != self.name:
+            raise ConfigError(f"{self.name}.class_path {self.section.class_path} is a {module.stage_name} module; "
+                             f"set {self.name}.class_path to a {self.name} class")
+        return module
 
 
-def stage_trainer_kwargs(stage_dir: Path, seed: int = 0) -> dict:
-    """Where and how a stage's Trainer writes: rolling end-of-epoch checkpoints in ``checkpoints/`` (written
-    atomically; what resuming reads), ``logs/metrics.csv`` (kept across resumes), and the fault guards
-    (docs/reliability.md). The CLI adds the user's trainer section; tests build small Trainers from this."""
-    from itkm_lightning.checkpoints import AtomicCheckpointIO, fault_tolerance_callbacks, rolling_checkpoints
-    from itkm_lightning.loggers import ResumableCSVLogger
+@dataclass(frozen=True)
+class SupervisedSpec(StageSpec):
+    """The supervised reference, built from Stage I's module and ``supervised:`` (a SupervisedConfig)."""
 
-    return {
-        "default_root_dir": str(stage_dir),
-        "logger": ResumableCSVLogger(save_dir=str(stage_dir), name="", version="logs"),
-        "callbacks": [rolling_checkpoints(Path(stage_dir) / "checkpoints"), *fault_tolerance_callbacks(seed)],
-        "plugins": [AtomicCheckpointIO()],
-    }
+    stage1: L.LightningModule | None = None
+    supervised: Any = None
+    independent: bool = True
 
-
-def instantiate_stage(name: str, section) -> L.LightningModule:
-    """Build a stage from its parsed ``class_path``/``init_args`` section, only when the stage runs."""
-    from jsonargparse import ArgumentParser, Namespace
-
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(L.LightningModule, name, required=False)
-    module = parser.instantiate_classes(Namespace(**{name: section}))[name]
-    if getattr(module, "stage_name", name) != name:
-        raise ValueError(f"{name}.class_path {section.class_path} is a {module.stage_name} module; "
-                         f"set {name}.class_path to a {name} class")
-    return module
+    def build(self) -> L.LightningModule:
+        return supervised_stage(self.stage1, self.supervised)
 
 
 def stage_specs(stage1: L.LightningModule, cfg, supervised=None) -> list[StageSpec]:
     """The stages of a parsed ``fit`` config: ``model`` (built already), ``stage2``, ``stage3``, and the
     ``supervised`` reference when ``supervised`` (a :class:`~itkm_lightning.config.SupervisedConfig`) enables it."""
-    specs = [StageSpec("stage1", lambda: stage1)]
-    for name, class_path in DEFAULT_STAGE_CLASSES.items():
-        section = cfg.get(name)
-        unavailable = None
-        if section is None:
-            unavailable = (f"{name} cannot run: this installation has no {class_path} and the config sets no "
-                           f"{name}.class_path; run the stages before it alone with --stage")
-        specs.append(StageSpec(name, partial(instantiate_stage, name, section), unavailable))
+    specs = [StageSpec("stage1", module=stage1)]
+    specs += [StageSpec(name, section=cfg.get(name)) for name in DEFAULT_STAGE_CLASSES]
     if supervised is not None and supervised.enabled:
-        specs.append(StageSpec(SUPERVISED, partial(supervised_stage, stage1, supervised), independent=True))
+        specs.append(SupervisedSpec(SUPERVISED, stage1=stage1, supervised=supervised))
     return specs
 
 
@@ -152,7 +106,8 @@ class Pipeline:
         run_dir: where results.json, timings.json and one folder per stage go.
         datamodule: shared by every stage (set up once).
         stages: the stages, in order.
-        make_trainer: a fresh Trainer for a stage (its checkpoints and logs under ``<run_dir>/<stage>``).
+        trainers: builds each stage's Trainer (its checkpoints and logs under ``<run_dir>/<stage>``).
+        stage1_trainer: Stage I's Trainer when the CLI built it already (LightningCLI builds one Trainer itself).
         command: the command that reruns this run without ``--stage`` (quoted in errors).
         seed: re-seeded before each stage is built, so a stage starts the same in a new process or the same one.
         rerank: ``evaluation.rerank`` (a RerankConfig) or None: every benchmark of every results row, baselines
@@ -160,19 +115,20 @@ class Pipeline:
     """
 
     def __init__(self, run_dir: str | Path, datamodule: L.LightningDataModule, stages: list[StageSpec],
-                 make_trainer: Callable[[str], L.Trainer], command: str, seed: int | None = None,
-                 rerank=None) -> None:
+                 trainers: TrainerSetup, command: str, seed: int | None = None, rerank=None,
+                 stage1_trainer: L.Trainer | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.datamodule = datamodule
         self.stages = list(stages)
         self.names = [s.name for s in self.stages]
         self.independent = {s.name for s in self.stages if s.independent}
-        self.make_trainer = make_trainer
+        self.trainers = trainers
+        self.stage1_trainer = stage1_trainer
         self.command = command
         self.seed = seed
         self.rerank = rerank
         self.results = ResultsFile(self.run_dir / "results.json")
-        self.handoffs: dict[str, dict] = {}  # this process's hand-overs, in memory (every rank has them)
+        self.handoffs: dict[str, dict] = {}  # hand-overs as saved (to_dict), in memory (every rank has them)
         self.final_module: L.LightningModule | None = None  # the last image model trained in this process
         self.final_trainer: L.Trainer | None = None
 
@@ -193,7 +149,7 @@ class Pipeline:
         """The stages this command trains, after checking that it can (nothing has run yet)."""
         if only is not None and only not in self.names:
             hint = " (the supervised reference runs when the config sets supervised.enabled: true)" if only == SUPERVISED else ""
-            raise ValueError(f"--stage {only}: this run has the stages {', '.join(self.names)}{hint}")
+            raise ConfigError(f"--stage {only}: this run has the stages {', '.join(self.names)}{hint}")
         chosen = self.stages if only is None else [self.stages[self.names.index(only)]]
         if only is not None:
             for before in self.predecessors(only):
@@ -202,16 +158,12 @@ class Pipeline:
                         f"{only} needs the hand-over of {before} ({handoff_path(self.run_dir, before)}), which does "
                         f"not exist: run `{self.command} --stage {before}` first (or drop --stage to run every stage)"
                     )
-        todo = [s for s in chosen if not self.finished(s.name)]
-        for spec in todo:
-            if spec.unavailable:
-                raise StageUnavailableError(spec.unavailable)
-        return todo
+        return [s for s in chosen if not self.finished(s.name)]
 
     def check(self, only: str | None = None, ckpt_path: str | None = None) -> list[StageSpec]:
         """The stages to train, or the reason this command cannot run (before anything is written)."""
         if ckpt_path is not None and only is None:
-            raise ValueError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
+            raise ConfigError("--ckpt_path resumes one stage: add --stage (e.g. --stage stage1)")
         return self.plan(only)
 
     # ------------------------------------------------------------ run
@@ -223,13 +175,13 @@ class Pipeline:
             rank_zero_info(f"{done} already finished in {self.run_dir}; pass another --run_dir to train again")
             self.results.print()  # no Trainer has launched other processes yet: this is the only one
             return False
-        trainer = self.make_trainer(todo[0].name)
+        trainer = self._trainer(todo[0].name)
         timings = Timings(self.run_dir / "timings.json", write=trainer.is_global_zero)
         if trainer.local_rank == 0:  # other ranks wait at Lightning's own prepare_data barrier
             with timings.part("data"):
                 self.datamodule.prepare_data()
         for i, spec in enumerate(todo):
-            trainer = trainer if i == 0 else self.make_trainer(spec.name)
+            trainer = trainer if i == 0 else self._trainer(spec.name)
             if not self._run_stage(spec, trainer, timings, ckpt_path if only else None):
                 return False
         if trainer.is_global_zero:
@@ -237,18 +189,22 @@ class Pipeline:
             timings.print()
         return True
 
+    def _trainer(self, name: str) -> L.Trainer:
+        if name == "stage1" and self.stage1_trainer is not None:
+            return self.stage1_trainer
+        return self.trainers.build(name)
+
     def _run_stage(self, spec: StageSpec, trainer: L.Trainer, timings: Timings, ckpt_path: str | None) -> bool:
         """Train one stage, record its results, write its hand-over; False when it was interrupted."""
         name, stage_dir = spec.name, self.stage_dir(spec.name)
         if self.seed is not None:
             L.seed_everything(self.seed, workers=True, verbose=False)
         module = spec.build()
-        if hasattr(module, "rerank"):
+        if isinstance(module, ImageStage):
             module.rerank = self.rerank
-        module.receive_handoff(self._predecessor_handoffs(name))
+        module.receive_handoff(self._predecessor_handoffs(name, module))
         # The newest good end-of-epoch checkpoint, or a newer mid-epoch one that a SLURM requeue (SIGUSR1) left.
-        resume = ckpt_path or newest_checkpoint(resume_checkpoint(stage_dir / "checkpoints"),
-                                                requeue_checkpoint(stage_dir))
+        resume = ckpt_path or stage_resume_checkpoint(stage_dir)
         if resume is not None:
             check_resumable(resume, module)  # another stage or backbone: one clear line, not a shape traceback
             rank_zero_info(f"resuming {name} from {resume}")
@@ -265,7 +221,7 @@ class Pipeline:
             return False
         if module.evaluates_images and not self._nothing_to_score():
             with timings.part(f"eval_{name}"):
-                if getattr(module, "benchmark_results_step", -1) != trainer.global_step or trainer.global_step == 0:
+                if module.benchmark_results_step != trainer.global_step or trainer.global_step == 0:
                     trainer.validate(module, datamodule=self.datamodule, verbose=False)  # the last epoch did not
             self.results.record(name, module.benchmark_results, write=trainer.is_global_zero)
         elif module.evaluates_images and self._pseudo_label_history(trainer):
@@ -275,10 +231,10 @@ class Pipeline:
             rank_zero_info(f"{name}: no labelled benchmark to score; pseudo-labels at epoch {last['epoch']}: "
                            + "; ".join(f"{b}: {v['num_clusters']} clusters, {v['num_outliers']} outliers"
                                        for b, v in last["blocks"].items()))
-        for key, payload in (getattr(module, "extra_results", lambda: {})() or {}).items():
+        for key, payload in module.extra_results().items():
             self.results.record_raw(key, payload, write=trainer.is_global_zero)
         with timings.part(f"handoff_{name}"):
-            handoff = module.make_handoff(self.datamodule)
+            handoff = module.make_handoff(self.datamodule).to_dict()
             if trainer.is_global_zero:
                 save_handoff(handoff_path(self.run_dir, name), handoff)
         self.handoffs[name] = handoff
@@ -301,14 +257,18 @@ class Pipeline:
                 return history
         return []
 
-    def _predecessor_handoffs(self, name: str) -> dict[str, dict]:
-        """Hand-overs of the finished stages before ``name``: from this process when it made them, else from disk."""
+    def _predecessor_handoffs(self, name: str, module: Stage) -> dict[str, Handoff]:
+        """The hand-overs ``module`` receives, of the finished stages before ``name``: from this process when it
+        made them, else from disk; either way through the type's ``from_dict``, so the stage gets the same."""
         handoffs = {}
         for before in self.predecessors(name):
+            kind = module.receives.get(before)
+            if kind is None:
+                continue
             if before not in self.handoffs and self.finished(before):
                 self.handoffs[before] = load_handoff(handoff_path(self.run_dir, before))
             if before in self.handoffs:
-                handoffs[before] = self.handoffs[before]
+                handoffs[before] = kind.from_dict(self.handoffs[before])
         return handoffs
 
     def _baselines(self, module: L.LightningModule, trainer: L.Trainer, timings: Timings) -> None:

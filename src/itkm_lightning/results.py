@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from itkm_lightning.errors import DataFormatError
 from itkm_lightning.fileio import atomic_write_text
 
 # ``supervised``: the supervised reference (ground-truth identities), the upper bound the others are read against.
@@ -48,7 +49,7 @@ class ResultsFile:
             try:
                 self.data = json.loads(self.path.read_text())
             except json.JSONDecodeError as err:
-                raise ValueError(f"{self.path} is not valid JSON ({err}); move it away to start a fresh results file") from err
+                raise DataFormatError(f"{self.path} is not valid JSON ({err}); move it away to start a fresh results file") from err
 
     def __contains__(self, stage: str) -> bool:
         return stage in self.data

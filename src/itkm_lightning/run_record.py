@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from itkm_lightning.errors import ITKMError
 from itkm_lightning.fileio import atomic_write_json
 
 RECORD_FILE = "run.json"
@@ -38,7 +39,7 @@ RUN_DIR_MARKERS = (RECORD_FILE, "results.json", "timings.json", "stage1", "stage
 _PARTIAL_HASH_BYTES = 1 << 20
 
 
-class RunDirectoryError(ValueError):
+class RunDirectoryError(ITKMError, ValueError):
     """The run directory holds another run (or one without a record) and no flag says what to do."""
 
 

@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 
+from itkm_lightning.errors import DataUnavailableError, ITKMError
 
-class UnsafeFileError(ValueError):
+
+class UnsafeFileError(ITKMError, ValueError):
     """A file that would need arbitrary code (not just data) to load; nothing of it was executed."""
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(ITKMError, ValueError):
     """A file that exists but is not a PyTorch file (truncated, empty, another format)."""
 
 
@@ -35,7 +37,7 @@ def register_safe_types() -> None:
     from pydantic import BaseModel
 
     from itkm_lightning import config
-    from itkm_lightning.models.clip import BackboneConfig
+    from itkm_lightning.models.backbone_config import BackboneConfig
 
     own = [obj for obj in vars(config).values()
            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == config.__name__]
@@ -55,7 +57,7 @@ def load(path: str | Path, *, what: str = "file", fix: str = "", mmap: bool = Fa
     register_safe_types()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist{'; ' + fix if fix else ''}")
+        raise DataUnavailableError(f"{what} {path} does not exist{'; ' + fix if fix else ''}")
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; a truncated one lost its directory
         raise UnreadableFileError(f"{what} {path} cannot be read (not a PyTorch file: truncated, empty or another "
                                   f"format){'; ' + fix if fix else ''}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from itkm_lightning.errors import ConfigError, DataFormatError
+
 
 def centroids(features: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
     """L2-normalised mean feature of each label 0..num_clusters-1 (outliers, label -1, are ignored).
@@ -42,7 +44,7 @@ def init_instance_text(
     """
     num_clusters = text_features.shape[0]
     if stage1_labels.numel() and int(stage1_labels.max()) >= num_clusters:
-        raise ValueError(
+        raise DataFormatError(
             f"Stage I labels go up to {int(stage1_labels.max())} but Stage II has {num_clusters} text features; "
             "the two handoffs come from different runs: re-run Stage II on this Stage I"
         )
@@ -52,7 +54,7 @@ def init_instance_text(
     outliers = torch.nonzero(~member).flatten()
     if outliers.numel():
         if not member.any():
-            raise ValueError("every Stage I label is -1 (no cluster): Stage III has no text to start from")
+            raise ConfigError("every Stage I label is -1 (no cluster): Stage III has no text to start from")
         cents = centroids(image_features, stage1_labels, num_clusters)
         cluster_block = torch.full((num_clusters,), -1, dtype=torch.long, device=blocks.device)
         cluster_block[stage1_labels[member]] = blocks[member]
@@ -74,7 +76,7 @@ def cluster_text(u: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> to
 def update_instance_text(u: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, alpha: float) -> torch.Tensor:
     """``u_i <- normalize(alpha*u_i + (1-alpha)*t_{label_i})``; outliers (label -1) keep their ``u``."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"DRU alpha must be in [0, 1]; got {alpha}")
+        raise ConfigError(f"DRU alpha must be in [0, 1]; got {alpha}")
     out = u.clone()
     member = labels >= 0
     out[member] = F.normalize(alpha * u[member] + (1.0 - alpha) * prototypes[labels[member]], dim=1)

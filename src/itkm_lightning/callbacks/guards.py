@@ -6,9 +6,10 @@ import lightning as L
 import torch
 
 from itkm_lightning.checkpoints import NONFINITE_PREFIX, checkpoint_dir
+from itkm_lightning.errors import ITKMError
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ITKMError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 

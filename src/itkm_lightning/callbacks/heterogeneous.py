@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback, cluster_blocks_distributed
+from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback
+from itkm_lightning.clustering.blocks import cluster_blocks_distributed
 
 
 def majority_identity(labels: np.ndarray, identity: np.ndarray, num_clusters: int) -> np.ndarray:

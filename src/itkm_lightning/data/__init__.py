@@ -1,6 +1,6 @@
 """Data layer: sample schema, sources, datamodule, samplers, transforms."""
 
-from itkm_lightning.data.datasets.visible_infrared import sysu_gallery
+from itkm_lightning.data.datasets.sysu_mm01 import sysu_gallery
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource, SyntheticBenchmark
 

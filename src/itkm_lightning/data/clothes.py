@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
+from itkm_lightning.errors import ConfigError, DataFormatError
+
 LIP_CLOTHES_LABELS: tuple[int, ...] = (5, 6, 7, 9, 10, 12)
 """LIP / SCHP-LIP labels of garments: upper-clothes 5, dress 6, coat 7, pants 9, jumpsuits 10, skirt 12."""
 
@@ -48,15 +50,15 @@ class ClothesMasker:
         clothes_labels: tuple[int, ...] = LIP_CLOTHES_LABELS,
     ) -> None:
         if mode not in ("auto", "mask", "fallback"):
-            raise ValueError(f"ClothesMasker mode must be 'auto', 'mask' or 'fallback', got {mode!r}.")
+            raise ConfigError(f"ClothesMasker mode must be 'auto', 'mask' or 'fallback', got {mode!r}.")
         if not 0 <= fill <= 255:
-            raise ValueError(f"fill must be a grey level in 0..255, got {fill}.")
+            raise ConfigError(f"fill must be a grey level in 0..255, got {fill}.")
         if not 0.0 <= band[0] < band[1] <= 1.0:
-            raise ValueError(f"band must be (top, bottom) fractions with 0 <= top < bottom <= 1, got {band}.")
+            raise ConfigError(f"band must be (top, bottom) fractions with 0 <= top < bottom <= 1, got {band}.")
         if blur < 0 or dilate < 0:
-            raise ValueError(f"blur and dilate must be non-negative, got blur={blur}, dilate={dilate}.")
+            raise ConfigError(f"blur and dilate must be non-negative, got blur={blur}, dilate={dilate}.")
         if mask_format not in ("binary", "parsing"):
-            raise ValueError(f"mask_format must be 'binary' or 'parsing', got {mask_format!r}.")
+            raise ConfigError(f"mask_format must be 'binary' or 'parsing', got {mask_format!r}.")
         self.mode = mode
         self.mask_format = mask_format
         self.clothes_labels = tuple(clothes_labels)
@@ -73,7 +75,7 @@ class ClothesMasker:
 
     def __call__(self, image: Image.Image, mask: Image.Image | None = None) -> Image.Image:
         if self.mode == "mask" and mask is None:
-            raise ValueError(
+            raise DataFormatError(
                 "ClothesMasker(mode='mask') got an image without a clothes mask; "
                 "provide masks for every image or use mode='auto' to fall back."
             )
@@ -132,7 +134,7 @@ class ClothesMasker:
         """
         labels = np.asarray(label_map)
         if labels.ndim != 2:
-            raise ValueError(
+            raise DataFormatError(
                 f"a parsing label map must be one class index per pixel (H, W), got shape {labels.shape}; "
                 "load the PNG without converting it to RGB."
             )

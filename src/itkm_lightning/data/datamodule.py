@@ -20,6 +20,7 @@ from itkm_lightning.data.sampler import PseudoIdentityBatchSampler, ShardedSeque
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource
 from itkm_lightning.data.transforms import test_transform, train_transform
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.seeding import epoch_seed
 
 
@@ -82,20 +83,20 @@ class ReIDDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not sources:
-            raise ValueError("data.sources is empty; list at least one dataset source")
+            raise ConfigError("data.sources is empty; list at least one dataset source")
         for name, value in (("num_clusters_per_batch", num_clusters_per_batch), ("num_instances", num_instances),
                             ("iters_per_epoch", iters_per_epoch), ("test_batch_size", test_batch_size)):
             if value < 1:
-                raise ValueError(f"data.{name} must be >= 1; got {value}")
+                raise ConfigError(f"data.{name} must be >= 1; got {value}")
         for name, value in (("flip", flip), ("erasing", erasing), ("visible_grayscale", visible_grayscale),
                             ("highres_downsample", highres_downsample)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"data.{name} is a probability and must be in [0, 1]; got {value}")
+                raise ConfigError(f"data.{name} is a probability and must be in [0, 1]; got {value}")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0; got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0; got {num_workers}")
         if any(s < 16 for s in image_size):
-            raise ValueError(f"data.image_size must be at least 16x16; got {image_size}")
-        from itkm_lightning.config_files import source_of
+            raise ConfigError(f"data.image_size must be at least 16x16; got {image_size}")
+        from itkm_lightning.data.names import source_of
 
         self.sources = [source_of(s) for s in sources]
         self.test_sources = None if test_sources is None else [source_of(s) for s in test_sources]
@@ -129,7 +130,7 @@ class ReIDDataModule(L.LightningDataModule):
             benchmarks.extend(source.load(self.root))
         names = [b.name for b in benchmarks]
         if len(set(names)) != len(names):
-            raise ValueError(f"two sources produce benchmarks with the same name: {names}")
+            raise ConfigError(f"two sources produce benchmarks with the same name: {names}")
         if self.on_unreadable == "skip":
             benchmarks = self._without_unreadable(benchmarks)
         return benchmarks
@@ -143,7 +144,7 @@ class ReIDDataModule(L.LightningDataModule):
         self.benchmarks = [b for b in tested_on if b.query and b.gallery]
         self.train_samples = self._merge_training_samples(trained_on)
         if not self.train_samples:
-            raise ValueError("the configured sources have no training images")
+            raise ConfigError("the configured sources have no training images")
 
     def nothing_to_score(self) -> bool:
         """No benchmark has query and gallery images (own footage without a labels file): fit reports

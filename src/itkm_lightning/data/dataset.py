@@ -10,11 +10,12 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from itkm_lightning.data.schema import SCENARIOS, Sample
+from itkm_lightning.errors import ITKMError
 
 SCENARIO_INDEX = {name: i for i, name in enumerate(SCENARIOS)}
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(ITKMError, RuntimeError):
     """An image file that exists but cannot be decoded."""
 
 

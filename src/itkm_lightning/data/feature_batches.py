@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from itkm_lightning.errors import ConfigError
+
 
 class CachedFeatureDataset(Dataset):
     """Items ``{"v": feature, "label": Stage I cluster}`` over precomputed image features (no images read)."""
@@ -33,7 +35,7 @@ def scenario_quotas(cluster_counts: list[int], slots: int) -> list[int]:
     """
     quotas = [1 if count else 0 for count in cluster_counts]
     if sum(quotas) > slots:
-        raise ValueError(f"{slots} clusters per batch cannot hold one cluster of each of {sum(quotas)} scenarios")
+        raise ConfigError(f"{slots} clusters per batch cannot hold one cluster of each of {sum(quotas)} scenarios")
     for _ in range(slots - sum(quotas)):
         open_ = [s for s, count in enumerate(cluster_counts) if quotas[s] < count]
         if not open_:
@@ -81,9 +83,9 @@ class ScenarioMixingClusterSampler(Sampler[int]):
         if labels.size == 0 or labels.min() < 0:
             raise ValueError("the sampler needs at least one item and no outlier (-1) labels")
         if clusters_per_batch < 1 or instances_per_cluster < 1 or (num_batches is not None and num_batches < 1):
-            raise ValueError("clusters_per_batch, instances_per_cluster and num_batches must be >= 1")
+            raise ConfigError("clusters_per_batch, instances_per_cluster and num_batches must be >= 1")
         if cover not in ("images", "clusters"):
-            raise ValueError(f"cover must be 'images' or 'clusters'; got {cover!r}")
+            raise ConfigError(f"cover must be 'images' or 'clusters'; got {cover!r}")
         self.cover = cover
         self.instances_per_cluster = instances_per_cluster
         self.members = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from itkm_lightning.errors import ConfigError
+
 
 class PseudoIdentityBatchSampler(Sampler[list[int]]):
     """P clusters x K instances per rank and step, a fixed number of steps per epoch.
@@ -78,7 +80,7 @@ class PseudoIdentityBatchSampler(Sampler[list[int]]):
         self.clusters_of_block = dict(sorted(clusters_of_block.items()))
         available = len(self.members) // world_size
         if available < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"clustering produced {len(self.members)} pseudo-identities, fewer than the {world_size} ranks that "
                 "each need one; check the clustering settings (eps, min_samples) or the features"
             )

@@ -1,7 +1,8 @@
 """Dataset sources: each turns files on disk into ``BenchmarkSplit`` records.
 
-A config lists sources by ``class_path``; real-dataset parsers (SYSU-MM01, LTCC, MLR, ...) subclass
-``DatasetSource`` the same way.
+A config lists sources by ``class_path``; the real-dataset parsers (SYSU-MM01, LTCC, MLR, ...,
+``data/datasets/``) subclass ``DatasetSource`` the same way. ``SyntheticBenchmark`` is the data layer's
+view of the synthetic benchmark, which the ``itkm_lightning.synthetic`` package renders and stores.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit
+from itkm_lightning.errors import ConfigError
 
 
 class DatasetSource(ABC):
@@ -55,13 +57,13 @@ class SyntheticBenchmark(DatasetSource):
         images_per_camera: int | None = None,
         image_size: tuple[int, int] | None = None,
     ) -> None:
-        from itkm_lightning.data.synthetic import SyntheticSpec
+        from itkm_lightning.synthetic.spec import SyntheticSpec
 
         overrides: dict = {"seed": seed}
         if scenarios is not None:
             unknown = set(scenarios) - set(SCENARIOS)
             if unknown or not scenarios:
-                raise ValueError(f"scenarios must be a non-empty subset of {list(SCENARIOS)}; got {scenarios}")
+                raise ConfigError(f"scenarios must be a non-empty subset of {list(SCENARIOS)}; got {scenarios}")
             overrides["scenarios"] = tuple(scenarios)
         for key, value in (("train_ids", train_ids), ("test_ids", test_ids), ("images_per_camera", images_per_camera)):
             if value is not None:
@@ -78,12 +80,12 @@ class SyntheticBenchmark(DatasetSource):
         return Path(root) / "synthetic"
 
     def prepare(self, root: Path) -> None:
-        from itkm_lightning.data.synthetic import ensure_synthetic
+        from itkm_lightning.synthetic.benchmark import ensure_synthetic
 
         ensure_synthetic(self._dir(root), self.spec)
 
     def load(self, root: Path) -> list[BenchmarkSplit]:
-        from itkm_lightning.data.synthetic import ensure_synthetic, load_synthetic
+        from itkm_lightning.synthetic.benchmark import ensure_synthetic, load_synthetic
 
         dataset_dir = ensure_synthetic(self._dir(root), self.spec)
         splits = load_synthetic(dataset_dir)

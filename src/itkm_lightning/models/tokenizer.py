@@ -1,9 +1,9 @@
-"""Offline CLIP vocabulary: vocab.json + merges.txt built from the BPE file that ships with open_clip.
+"""CLIP's tokenizer without network access: `clip_tokenizer`, and the vocabulary files it falls back on.
 
 Every OpenAI CLIP model uses the same 49,408-token byte-level BPE vocabulary. Its merges ship inside
 the `open-clip-torch` wheel (`open_clip/bpe_simple_vocab_16e6.txt.gz`), so we can rebuild the exact
-vocabulary without network access and hand the two files to a `transformers` tokenizer (loaded in
-`models/clip.py`, the one module that imports `transformers`).
+vocabulary (vocab.json + merges.txt) without network access and hand the two files to a `transformers`
+`CLIPTokenizer` when a model folder brings no tokenizer files of its own.
 """
 
 from __future__ import annotations
@@ -12,11 +12,18 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
+import transformers
+from transformers import CLIPTokenizer
+
+from itkm_lightning.errors import DataFormatError, DataUnavailableError
 from itkm_lightning.fileio import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT = "<|startoftext|>"
@@ -40,13 +47,13 @@ def open_clip_bpe_path() -> Path:
     """
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             "The CLIP BPE vocabulary ships with open-clip-torch, which is not installed; "
             "install it with `pip install open-clip-torch`."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / BPE_FILE_NAME
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             f"{path} is missing from the installed open_clip package; reinstall open-clip-torch."
         )
     return path
@@ -79,7 +86,7 @@ def read_clip_merges(bpe_path: Path) -> list[tuple[str, str]]:
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     if len(merges) != NUM_MERGES or any(len(pair) != 2 for pair in merges):
-        raise ValueError(f"{bpe_path} is not CLIP's BPE merges file; reinstall open-clip-torch.")
+        raise DataFormatError(f"{bpe_path} is not CLIP's BPE merges file; reinstall open-clip-torch.")
     return merges  # type: ignore[return-value]
 
 
@@ -91,7 +98,7 @@ def build_clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     tokens += [START_OF_TEXT, END_OF_TEXT]
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != CLIP_VOCAB_SIZE:
-        raise ValueError(f"built {len(vocab)} tokens instead of {CLIP_VOCAB_SIZE}; the BPE file is not CLIP's.")
+        raise DataFormatError(f"built {len(vocab)} tokens instead of {CLIP_VOCAB_SIZE}; the BPE file is not CLIP's.")
     return vocab
 
 
@@ -119,3 +126,40 @@ def write_clip_vocab_files(cache_dir: Path | None = None) -> Path:
     merges_text = "#version: 0.2\n" + "\n".join(f"{left} {right}" for left, right in merges) + "\n"
     atomic_write_text(merges_path, merges_text)
     return folder
+
+
+def clip_tokenizer(name_or_path: str | os.PathLike[str] | None = None, cache_dir: Path | None = None) -> CLIPTokenizer:
+    """CLIP tokenizer that works offline (vocabulary of 49,408 tokens, pads with <|endoftext|>).
+
+    Uses the tokenizer files of a local model directory when `name_or_path` has them, else builds the
+    vocabulary from the BPE file shipped with open_clip (identical for every OpenAI CLIP).
+    """
+    if name_or_path is not None and _has_tokenizer_files(Path(name_or_path).expanduser()):
+        try:
+            tokenizer = _checked_tokenizer(Path(name_or_path).expanduser())
+        except (OSError, ValueError) as error:  # unreadable or malformed files: the bundled vocabulary still works
+            logger.warning("cannot read the tokenizer in %s (%s)", name_or_path, error)
+            tokenizer = None
+        if tokenizer is not None:
+            return tokenizer
+        logger.warning("tokenizer files in %s are not CLIP's 49,408-token vocabulary; using open_clip's", name_or_path)
+    tokenizer = _checked_tokenizer(write_clip_vocab_files(cache_dir))
+    if tokenizer is None:
+        raise RuntimeError(
+            f"transformers {transformers.__version__} built a CLIP tokenizer without the 49,408-token vocabulary "
+            "from open_clip's BPE file; report this with your transformers version."
+        )
+    return tokenizer
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    has_bpe_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    return has_bpe_files or (folder / "tokenizer.json").is_file()
+
+
+def _checked_tokenizer(folder: Path) -> CLIPTokenizer | None:
+    # transformers 5.x can return a tokenizer with only its special tokens instead of failing: check the size.
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return tokenizer if len(tokenizer) == CLIP_VOCAB_SIZE else None

@@ -23,14 +23,18 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from itkm_lightning.cli import ITKMArgumentParser
+from itkm_lightning.argument_parser import ITKMArgumentParser
+from itkm_lightning.errors import ConfigError
 from itkm_lightning.fileio import atomic_write_json, staging_directory
-from itkm_lightning.models.clip import BackboneConfig, clip_tokenizer, save_clip_directory
-from itkm_lightning.pretrain.corpus import CORPUS_VERSION, CorpusSpec
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_loading import save_clip_directory
+from itkm_lightning.models.tokenizer import clip_tokenizer
+from itkm_lightning.synthetic.corpus import CORPUS_VERSION, CorpusSpec
 from itkm_lightning.pretrain.datamodule import CorpusDataModule
 from itkm_lightning.pretrain.module import CLIPPretraining
 from itkm_lightning.pretrain.zero_shot import ZeroShotConfig, format_report, zero_shot_report
@@ -52,7 +56,7 @@ def build_parser() -> ITKMArgumentParser:
     parser.add_argument("--eval", action=ActionYesNo, default=False,
                         help="score the model zero-shot on the synthetic benchmark and write <out>/eval.json")
     parser.add_argument("--seed_everything", type=int, default=0, help="seed of the weights' init and of training")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--threads", type=NonNegativeInt, default=2, help="torch CPU threads (0: leave torch's default)")
     parser.add_class_arguments(CLIPPretraining, "model")
     parser.add_class_arguments(CorpusDataModule, "data")
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
@@ -63,17 +67,15 @@ def build_parser() -> ITKMArgumentParser:
 # ------------------------------------------------------------------------------------------ config checks
 def _check_config(cfg: Namespace) -> None:
     if cfg.trainer.max_steps is None or cfg.trainer.max_steps <= 0:
-        raise ValueError("trainer.max_steps must be a positive number of steps (the learning-rate schedule needs it).")
+        raise ConfigError("trainer.max_steps must be a positive number of steps (the learning-rate schedule needs it).")
     if tuple(cfg.data.image_size) != tuple(cfg.model.backbone.image_size):
-        raise ValueError(
+        raise ConfigError(
             f"data.image_size {tuple(cfg.data.image_size)} differs from model.backbone.image_size "
             f"{tuple(cfg.model.backbone.image_size)}; set both to the benchmark's input size."
         )
     for key in ("callbacks", "logger", "plugins"):
         if cfg.trainer.get(key):
-            raise ValueError(f"trainer.{key} is set by `itkm pretrain` itself (progress bar, CSV log); remove it.")
-    if cfg.threads < 0:
-        raise ValueError(f"threads must be >= 0; got {cfg.threads}")
+            raise ConfigError(f"trainer.{key} is set by `itkm pretrain` itself (progress bar, CSV log); remove it.")
 
 
 def _plain(value: Any) -> Any:
@@ -193,7 +195,7 @@ def ensure_pretrained(cfg: Namespace, out: Path) -> dict:
         rank_zero_info(f"pretrained CLIP saved to {out}: {meta['steps']} steps, final loss {meta['final_loss']:.3f}, "
                        f"corpus {meta['seconds']['corpus_render_or_check']} s, training {meta['seconds']['train']} s")
     elif meta.get("fingerprint") != expected:
-        raise ValueError(f"{out} holds a CLIP pretrained with other settings; delete it or pass another --out.")
+        raise ConfigError(f"{out} holds a CLIP pretrained with other settings; delete it or pass another --out.")
     else:
         rank_zero_info(f"reusing the pretrained CLIP in {out} (same settings)")
     return meta

@@ -13,8 +13,9 @@ from torchvision.transforms import v2
 
 from itkm_lightning.data.dataset import load_rgb
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
-from itkm_lightning.models.clip import clip_tokenizer
-from itkm_lightning.pretrain.corpus import CorpusSpec, ensure_corpus, read_corpus
+from itkm_lightning.errors import ConfigError
+from itkm_lightning.models.tokenizer import clip_tokenizer
+from itkm_lightning.synthetic.corpus import CorpusSpec, ensure_corpus, read_corpus
 
 CONTEXT_LENGTH = 77
 """CLIP's text context; the corpus captions are far shorter (about 25 tokens at most)."""
@@ -109,11 +110,11 @@ class CorpusDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 2:
-            raise ValueError(f"data.batch_size must be >= 2 for a contrastive loss; got {batch_size}")
+            raise ConfigError(f"data.batch_size must be >= 2 for a contrastive loss; got {batch_size}")
         if batch_size > corpus.num_images:
-            raise ValueError(f"data.batch_size {batch_size} exceeds the corpus size {corpus.num_images}; lower it.")
+            raise ConfigError(f"data.batch_size {batch_size} exceeds the corpus size {corpus.num_images}; lower it.")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0; got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0; got {num_workers}")
         self.corpus = corpus
         self.root = Path(root)
         self.image_size = tuple(image_size)

@@ -17,7 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, fit_square_position_table, random_clip_model
+from itkm_lightning.errors import ConfigError
+from itkm_lightning.lr_schedule import warmup_scheduler
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder
+from itkm_lightning.models.clip_loading import random_clip_model
+from itkm_lightning.pretrain.position_table import fit_square_position_table
 
 POSITION_TABLE_TOLERANCE = 1e-4
 """Largest difference allowed between the trained and the saved-then-resized position table."""
@@ -85,9 +90,9 @@ class CLIPPretraining(L.LightningModule):
     ) -> None:
         super().__init__()
         if backbone.pretrained:
-            raise ValueError("model.backbone.pretrained must be false: pretraining starts from random weights.")
+            raise ConfigError("model.backbone.pretrained must be false: pretraining starts from random weights.")
         if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or max_logit_scale <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"need lr > 0, weight_decay >= 0, warmup_steps >= 0, max_logit_scale > 1; got {lr}, "
                 f"{weight_decay}, {warmup_steps}, {max_logit_scale}"
             )
@@ -104,7 +109,7 @@ class CLIPPretraining(L.LightningModule):
         self.image_encoder = CLIPImageEncoder(encoder_config, self.clip)
         grid, side = self.image_encoder.grid_size, square_side(backbone)
         if side < max(grid):
-            raise ValueError(
+            raise ConfigError(
                 f"model.backbone.vision.image_size gives a {side}x{side} patch grid, smaller than the input's "
                 f"{grid[0]}x{grid[1]}; set vision.image_size to {max(backbone.image_size)}."
             )
@@ -151,17 +156,12 @@ class CLIPPretraining(L.LightningModule):
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr, betas=self.betas, eps=self.eps, fused=fused,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        # Per step: warm-up to lr (the first step already at lr / warmup_steps), then cosine to zero at
+        # trainer.max_steps; constant when max_steps is unset or within the warm-up.
+        total = self.trainer.max_steps if self._trainer is not None else -1  # -1: unset
+        scheduler = warmup_scheduler(optimizer, warmup=self.warmup_steps, start=0.0, counts_current=True,
+                                     decay="cosine" if total > self.warmup_steps else "constant", total=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else None
-        if total is None or total <= self.warmup_steps:
-            return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / (total - self.warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     # ---------------------------------------------------------------- export
     def to_clip_model(self):

@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from itkm_lightning.baselines import raw_pixel_results
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sources import SyntheticBenchmark
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder, load_clip_model
-from itkm_lightning.stages.base import evaluate_benchmark
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder
+from itkm_lightning.models.clip_loading import load_clip_model
 
 SCENARIO_NAMES = {
     "synthetic_vi": "vi (IR->visible)",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -16,70 +16,16 @@ from torch.utils.data import DataLoader
 
 from itkm_lightning.config import OptimConfig
 from itkm_lightning.distributed import all_gather_variable
-from itkm_lightning.evaluation import (
-    cosine_distance,
-    evaluate_rank,
-    evaluate_single_gallery_shot,
-    re_ranking,
-    summarize,
-)
+from itkm_lightning.errors import ConfigError
+from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import BackboneConfig
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.lr_schedule import warmup_scheduler
+from itkm_lightning.handoffs import EncoderHandoff, Handoff
 from itkm_lightning.safe_load import register_safe_types
 
 # Resuming a stage built outside LightningCLI: Lightning's weights_only load meets our configs in its hparams.
 register_safe_types()
-
-
-def evaluate_benchmark(bench, features: torch.Tensor, rerank=None) -> dict[str, Any]:
-    """Score one benchmark from the features of ``bench.query + bench.gallery`` (in that order).
-
-    Multi-trial benchmarks average each metric (and so the CMC) over their trials and add ``mAP_std`` and
-    ``R1_std`` (population standard deviation over the trials) and ``trials``. A single-gallery-shot
-    benchmark (``bench.single_gallery_shot`` draws) adds ``R1_std`` over its draws, ``trials`` and
-    ``"protocol": "single_gallery_shot"``. ``rerank`` (a :class:`~itkm_lightning.config.RerankConfig`, or
-    None) re-ranks every trial's distances (``re_ranking`` with ``1 - cos`` distances) and is recorded
-    under ``"rerank"``. Every number is a fraction in [0, 1]; ``trials`` is an int, the labels are not numbers.
-    """
-    nq = len(bench.query)
-    trials = bench.trials or [(None, None)]
-    draws = int(getattr(bench, "single_gallery_shot", 0) or 0)
-    summaries, draw_r1 = [], []
-    for q_idx, g_idx in trials:
-        q_idx = list(range(nq)) if q_idx is None else list(q_idx)
-        g_idx = list(range(len(bench.gallery))) if g_idx is None else list(g_idx)
-        q = [bench.query[i] for i in q_idx]
-        g = [bench.gallery[i] for i in g_idx]
-        qf, gf = features[q_idx], features[[nq + i for i in g_idx]]
-        distmat = cosine_distance(qf, gf)
-        if rerank is not None:
-            distmat = re_ranking(distmat, cosine_distance(qf, qf), cosine_distance(gf, gf),
-                                 k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value)
-        labels = (np.array([s.pid for s in q]), np.array([s.pid for s in g]),
-                  np.array([s.camid for s in q]), np.array([s.camid for s in g]))
-        if draws:
-            if bench.protocol != "market":
-                raise ValueError(f"{bench.name}: single_gallery_shot needs protocol 'market', not {bench.protocol!r}")
-            result = evaluate_single_gallery_shot(distmat, *labels, draws=draws)
-            draw_r1.extend(float(curve[0]) for curve in result["cmc_draws"])
-        else:
-            clothes = {}
-            if bench.protocol in ("cloth_changing", "same_clothes"):
-                clothes = dict(q_clothes=np.array([s.clothes for s in q]), g_clothes=np.array([s.clothes for s in g]))
-            result = evaluate_rank(distmat, *labels, protocol=bench.protocol, **clothes)
-        summaries.append(summarize(result))
-    scores: dict[str, Any] = {k: float(np.mean([s[k] for s in summaries])) for k in summaries[0]}
-    if len(summaries) > 1:
-        scores["mAP_std"] = float(np.std([s["mAP"] for s in summaries]))
-        scores["R1_std"] = float(np.std([s["R1"] for s in summaries]))
-        scores["trials"] = len(summaries)
-    if draws:
-        scores["R1_std"] = float(np.std(draw_r1))
-        scores["trials"] = len(draw_r1)
-        scores["protocol"] = "single_gallery_shot"
-    if rerank is not None:
-        scores["rerank"] = rerank.as_dict()
-    return scores
 
 
 class ReIDStage(L.LightningModule):
@@ -97,6 +43,8 @@ class ReIDStage(L.LightningModule):
     stage_name = "stage"
     evaluates_images = True  # the pipeline validates the final weights and records results[stage_name]
     reads_ground_truth = False  # only the supervised reference (stages/supervised.py) trains on true identities
+    receives: ClassVar[Mapping[str, type[Handoff]]] = {}  # an image stage starts from the backbone
+    checkpoint_omits: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -107,7 +55,7 @@ class ReIDStage(L.LightningModule):
     ) -> None:
         super().__init__()
         if retrieval_feature not in ("f", "f+v"):
-            raise ValueError(f"retrieval_feature must be 'f' or 'f+v'; got {retrieval_feature!r}")
+            raise ConfigError(f"retrieval_feature must be 'f' or 'f+v'; got {retrieval_feature!r}")
         self.backbone_config = backbone
         self.optim = optim
         self.flip_test = flip_test
@@ -169,9 +117,9 @@ class ReIDStage(L.LightningModule):
         finally:
             self.to(home)
 
-    # ---------------------------------------------------------------- pipeline protocol (pipeline.py)
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
-        """Take what finished stages handed over (``{"stage1": {...}, ...}``); called before every fit, resumes too."""
+    # ---------------------------------------------------------------- stage contract (stages/protocol.py)
+    def receive_handoff(self, handoffs: Mapping[str, Handoff]) -> None:
+        """Take the hand-overs of ``receives`` (none here); called before every fit, resumes too."""
 
     def fit_kwargs(self, datamodule: L.LightningDataModule, stage_dir: Path) -> dict:
         """Arguments of ``trainer.fit`` besides the module and ``ckpt_path``."""
@@ -182,10 +130,14 @@ class ReIDStage(L.LightningModule):
         return {k: (v.float() if v.is_floating_point() else v).detach().cpu().clone()
                 for k, v in self.encoder.state_dict().items()}
 
-    def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
+    def make_handoff(self, datamodule: L.LightningDataModule) -> EncoderHandoff:
         """What the next stage receives (weights only, never optimizer state); every rank calls it after fit."""
-        return {"stage": self.stage_name, "encoder": self.encoder_state(),
-                "backbone": self.backbone_config.model_dump()}
+        return EncoderHandoff(stage=self.stage_name, encoder=self.encoder_state(),
+                              backbone=self.backbone_config.model_dump())
+
+    def extra_results(self) -> dict[str, dict]:
+        """Nothing beside the benchmark scores."""
+        return {}
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -237,17 +189,10 @@ class ReIDStage(L.LightningModule):
         if new:
             groups.append({"params": [p for p in new if p.requires_grad], "lr": self.optim.lr_new})
         optimizer = torch.optim.Adam(groups, weight_decay=self.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def _lr_factor(self, epoch: int) -> float:
         cfg = self.optim
-        if epoch < cfg.warmup_epochs:
-            return 0.1 + 0.9 * epoch / cfg.warmup_epochs
-        if cfg.schedule == "constant":
-            return 1.0
-        if cfg.schedule == "step":
-            return cfg.step_gamma ** sum(epoch >= e for e in cfg.step_epochs)
-        total = max(1, (self.trainer.max_epochs or 1) - cfg.warmup_epochs)
-        progress = min(1.0, (epoch - cfg.warmup_epochs) / total)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        # Per epoch: warm-up from 0.1, then cosine to 0.01 over the trainer's epochs (or step decay / constant).
+        # Without a Trainer (tests, tools) the optimiser is still built; only a cosine needs the epochs.
+        epochs = self._trainer.max_epochs if self._trainer is not None else None
+        scheduler = warmup_scheduler(optimizer, warmup=cfg.warmup_epochs, start=0.1, floor=0.01, decay=cfg.schedule,
+                                     total=epochs or 1, milestones=tuple(cfg.step_epochs), gamma=cfg.step_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -8,13 +8,12 @@ import torch.nn.functional as F
 
 from itkm_lightning.config import ClusteringConfig, OptimConfig
 from itkm_lightning.distributed import all_gather_variable
-from itkm_lightning.models.clip import BackboneConfig
-from itkm_lightning.models.losses import cluster_nce
-from itkm_lightning.models.memory import ClusterMemory
-from itkm_lightning.stages.base import ReIDStage
+from itkm_lightning.handoffs import Stage1Handoff
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.stages.clustering_stage import ClusteringStage
 
 
-class Stage1(ReIDStage):
+class Stage1(ClusteringStage):
     """Cluster-contrast inside each (scenario, group) block, with the scenario embedding and dual branch.
 
     Args:
@@ -39,47 +38,35 @@ class Stage1(ReIDStage):
         flip_test: bool = False,
         retrieval_feature: str = "f",
     ) -> None:
-        super().__init__(backbone=backbone, optim=optim, flip_test=flip_test, retrieval_feature=retrieval_feature)
-        if temperature <= 0:
-            raise ValueError(f"model.temperature must be > 0; got {temperature}")
+        super().__init__(backbone, clustering, optim, temperature, memory_momentum, flip_test, retrieval_feature,
+                         section="model")
         self.save_hyperparameters()
-        self.clustering = clustering
-        self.temperature = temperature
-        self.memory = ClusterMemory(self.encoder.feature_dim, momentum=memory_momentum)
         # Stage I's loss reads only f; the projection to text space gets no gradient, so it is frozen here
         # (and DDP sees no unused parameter). Stage III trains it again.
         self.encoder.visual_projection.requires_grad_(False)
 
-    def configure_callbacks(self):
+    def labeler(self) -> L.Callback:
         from itkm_lightning.callbacks.pseudo_labels import PseudoLabelCallback
 
-        if self.trainer.state.fn != "fit":
-            return []  # validate/test need no pseudo-labels
-        return [PseudoLabelCallback(self.clustering)]
+        return PseudoLabelCallback(self.clustering)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labels = batch["pseudo_label"]
         out = self.encoder(batch["image"], batch["scenario"], batch["group"])
         f = F.normalize(out.f, dim=1)
-        logits = self.memory.logits(f, self.memory.blocks[labels], self.temperature)
-        loss = cluster_nce(logits, labels)
+        loss = self.homogeneous_loss(f, self.memory.blocks[labels], labels)
         # Every rank applies the same memory update from all ranks' samples, so memories stay identical.
         self.memory.update(all_gather_variable(f.detach()), all_gather_variable(labels))
         self.log("train/loss_homo", loss, prog_bar=True, batch_size=labels.numel())
         return loss
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("state_dict", {})
-        if "memory.features" in state:
-            self.memory.resize_like(state["memory.features"], state["memory.blocks"])
-
-    def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
+    def make_handoff(self, datamodule: L.LightningDataModule) -> Stage1Handoff:
         """The trained encoder and the final pseudo-labels: one re-clustering of features of the final weights.
 
         The last epoch trains on labels from before it, so the labels Stage II learns text for come from one more
         extraction (every rank) and clustering (rank 0, broadcast), exactly as between epochs.
         """
-        from itkm_lightning.callbacks.pseudo_labels import EmptyClusteringError, cluster_blocks_distributed
+        from itkm_lightning.clustering.blocks import EmptyClusteringError, cluster_blocks_distributed
 
         features = self.extract_after_fit(datamodule.cluster_dataloader())
         labels = torch.from_numpy(cluster_blocks_distributed(features, datamodule.block_of_index, self.clustering,
@@ -89,11 +76,10 @@ class Stage1(ReIDStage):
                 f"the final re-clustering of Stage I found no cluster (eps={self.clustering.eps}); raise "
                 "model.clustering.eps and run again (training is not repeated)"
             )
-        handoff = super().make_handoff(datamodule)
-        handoff.update(
+        return Stage1Handoff(
+            **super().make_handoff(datamodule).to_dict(),
             labels=labels,
             blocks=torch.as_tensor(datamodule.block_of_index, dtype=torch.long),
             block_names=[(str(scenario), int(group)) for scenario, group in datamodule.blocks],
             paths=[str(s.path) for s in datamodule.train_samples],
         )
-        return handoff

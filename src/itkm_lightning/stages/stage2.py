@@ -14,10 +14,7 @@ back on load. The cached image features live next to it in ``<run_dir>/stage2/fe
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -28,25 +25,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader
 
-from itkm_lightning import safe_load
-from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.feature_batches import CachedFeatureDataset, ScenarioMixingClusterSampler
-from itkm_lightning.data.schema import SCENARIOS, Sample
-from itkm_lightning.data.transforms import test_transform
-from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import (
-    BackboneConfig,
-    CLIPTextEncoder,
-    PromptTemplate,
-    build_prompt_template,
-    clip_tokenizer,
-    load_clip_model,
-)
+from itkm_lightning.data.schema import SCENARIOS
+from itkm_lightning.errors import ConfigError, DataFormatError
+from itkm_lightning.handoffs import Handoff, Stage1Handoff, Stage2Handoff
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_loading import load_clip_model
+from itkm_lightning.models.clip_text import CLIPTextEncoder, PromptTemplate, build_prompt_template
 from itkm_lightning.models.losses import scenario_separation, supervised_contrastive
+from itkm_lightning.models.tokenizer import clip_tokenizer
+from itkm_lightning.lr_schedule import warmup_scheduler
+from itkm_lightning.stages.frozen_features import cached_features
 
-logger = logging.getLogger(__name__)
-
-FEATURE_CACHE = "features.pt"
 TEXT_TOWER_PREFIX = "text_encoder."
 
 
@@ -87,6 +77,7 @@ class Stage2(L.LightningModule):
 
     stage_name = "stage2"
     evaluates_images = False
+    receives = {"stage1": Stage1Handoff}
 
     def __init__(
         self,
@@ -127,11 +118,11 @@ class Stage2(L.LightningModule):
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid stage2 setting(s) {bad}; see `itkm fit --help` for each allowed range")
+            raise ConfigError(f"invalid stage2 setting(s) {bad}; see `itkm fit --help` for each allowed range")
         if epoch_covers not in ("images", "clusters"):
-            raise ValueError(f"stage2.epoch_covers must be images or clusters; got {epoch_covers!r}")
+            raise ConfigError(f"stage2.epoch_covers must be images or clusters; got {epoch_covers!r}")
         if extract_device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"stage2.extract_device must be auto, cpu or cuda; got {extract_device!r}")
+            raise ConfigError(f"stage2.extract_device must be auto, cpu or cuda; got {extract_device!r}")
         if isinstance(backbone, dict):  # from a checkpoint's hyper-parameters
             backbone = BackboneConfig.model_validate(backbone)
         # Plain types only, so that Lightning's weights_only checkpoint loading (resume) accepts them.
@@ -140,7 +131,7 @@ class Stage2(L.LightningModule):
         self.backbone_config = backbone
         self.text_encoder = CLIPTextEncoder(self._frozen_clip())
         if backbone.kind == "timm" and self.text_encoder.projection_dim != backbone.projection_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"the timm tower projects v to backbone.projection_dim={backbone.projection_dim} but the text tower "
                 f"{backbone.name_or_path} has projection_dim {self.text_encoder.projection_dim}; set "
                 f"model.backbone.projection_dim: {self.text_encoder.projection_dim}"
@@ -184,26 +175,15 @@ class Stage2(L.LightningModule):
         fixed = self.hparams.logit_scale
         return self.text_encoder.logit_scale if fixed is None else fixed
 
-    # ---------------------------------------------------------------- stage protocol
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
+    # ---------------------------------------------------------------- stage contract (stages/protocol.py)
+    def receive_handoff(self, handoffs: Mapping[str, Handoff]) -> None:
         """Size the prompts and cluster tables from Stage I's final labels."""
         if "stage1" not in handoffs:
-            raise ValueError("stage2 needs the stage1 handoff; run `itkm fit --stage stage1` first")
+            raise ConfigError("stage2 needs the stage1 handoff; run `itkm fit --stage stage1` first")
         stage1 = handoffs["stage1"]
-        labels = torch.as_tensor(stage1["labels"]).long().cpu()
-        blocks = torch.as_tensor(stage1["blocks"]).long().cpu()
-        block_names = [tuple(b) for b in stage1["block_names"]]
-        if labels.shape != blocks.shape:
-            raise ValueError(f"stage1 handoff: {labels.numel()} labels but {blocks.numel()} block tags")
-        if labels.numel() == 0 or int(labels.max()) < 0:
-            raise ValueError("Stage I produced no cluster (every label is -1): nothing to describe in Stage II; "
-                             "loosen model.clustering (e.g. larger eps, smaller min_samples) and rerun stage1")
-        num_clusters = int(labels.max()) + 1
-        kept = labels >= 0
-        cluster_block = torch.full((num_clusters,), -1, dtype=torch.long)
-        cluster_block[labels[kept]] = blocks[kept]
-        if not bool((cluster_block[labels[kept]] == blocks[kept]).all()):
-            raise ValueError("stage1 handoff: a cluster spans several (scenario, group) blocks; rerun stage1")
+        cluster_block = stage1.cluster_block()
+        num_clusters = len(cluster_block)
+        block_names = stage1.block_names
         scenario_of_block = torch.tensor([SCENARIOS.index(name) for name, _ in block_names] + [-1])
         cluster_scenario = scenario_of_block[cluster_block]  # index -1 (no member) maps to the appended -1
         generator = torch.Generator().manual_seed(self.hparams.seed)
@@ -212,8 +192,8 @@ class Stage2(L.LightningModule):
         self.prompts = nn.Parameter(words.to(device))
         self.cluster_block = cluster_block.to(device)
         self.cluster_scenario = cluster_scenario.to(device)
-        self.labels = labels
-        self.handoff_paths = list(stage1.get("paths", [])) or None
+        self.labels = stage1.labels
+        self.handoff_paths = list(stage1.paths) or None
 
     def fit_kwargs(self, datamodule, stage_dir: Path) -> dict:
         """Extract (or reuse) the frozen image features of the kept images; a loader of P x K feature batches."""
@@ -224,12 +204,13 @@ class Stage2(L.LightningModule):
         samples = datamodule.train_samples
         paths = [s.path for s in samples]
         if self.handoff_paths is not None and paths != self.handoff_paths:
-            raise ValueError("the stage1 handoff was made for other training images than this data configuration; "
-                             "use the data settings of the Stage I run or rerun stage1 in a new run_dir")
+            raise ConfigError("the stage1 handoff was made for other training images than this data configuration; "
+                              "use the data settings of the Stage I run or rerun stage1 in a new run_dir")
         if len(samples) != self.labels.numel():
-            raise ValueError(f"stage1 handoff has {self.labels.numel()} labels for {len(samples)} training images")
+            raise DataFormatError(f"stage1 handoff has {self.labels.numel()} labels for {len(samples)} training images")
         kept = torch.nonzero(self.labels >= 0, as_tuple=True)[0]
-        features = self._cached_features([samples[i] for i in kept.tolist()], datamodule, Path(stage_dir))
+        features = cached_features([samples[i] for i in kept.tolist()], datamodule, Path(stage_dir),
+                                   self.backbone_config, self._frozen_clip, self.hparams.extract_device)
         labels = self.labels[kept]
         self._stats_features, self._stats_labels = features, labels
         hp = self.hparams
@@ -247,80 +228,25 @@ class Stage2(L.LightningModule):
         return {"train_dataloaders": loader}
 
     @torch.no_grad()
-    def make_handoff(self, datamodule) -> dict:
+    def make_handoff(self, datamodule) -> Stage2Handoff:
         if self.labels is None:
             raise RuntimeError("Stage2.make_handoff called before receive_handoff")
-        return {
-            "stage": self.stage_name,
-            "text_features": self.all_text_features().cpu(),
-            "cluster_scenario": self.cluster_scenario.detach().cpu().clone(),
-            "cluster_block": self.cluster_block.detach().cpu().clone(),
-            "prompts": self.prompts.detach().float().cpu().clone(),
-            "labels": self.labels.clone(),
-            "logit_scale": float(self.text_encoder.logit_scale),
-        }
-
-    # ---------------------------------------------------------------- image features (once)
-    def _cached_features(self, samples: list[Sample], datamodule, stage_dir: Path) -> torch.Tensor:
-        """v (P-d, unnormalised) of each sample: ``cc`` images through their group-0 (original) view.
-
-        A ``cc`` group-1 sample is the clothing-agnostic view of a group-0 image; Stage II describes it by
-        the original image (docs/method.md section 5), so both share one extraction, keyed by path.
-        """
-        needed = list(dict.fromkeys(s.path for s in samples))
-        meta = {"backbone": self.backbone_config.model_dump(mode="json"), "image_size": list(datamodule.image_size)}
-        cache_path = stage_dir / FEATURE_CACHE
-        cache = (safe_load.load(cache_path, what="feature cache", fix="delete it to extract the features again")
-                 if cache_path.is_file() else None)
-        if cache is not None and cache.get("meta") == meta and set(needed) <= set(cache["paths"]):
-            rank_zero_info(f"[stage2] reusing cached image features {cache_path}")
-        else:
-            if cache is not None:
-                logger.warning("%s was made for other images or another backbone; extracting again", cache_path)
-            first = {}
-            for s in samples:
-                first.setdefault(s.path, replace(s, group=0) if s.scenario == "cc" else s)
-            v = self._extract([first[p] for p in needed], datamodule)
-            cache = {"meta": meta, "paths": needed, "v": v}
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
-            torch.save(cache, tmp)
-            os.replace(tmp, cache_path)  # every DDP process writes the same numbers; the rename is atomic
-        row = {path: i for i, path in enumerate(cache["paths"])}
-        return cache["v"][[row[s.path] for s in samples]].float()
-
-    @torch.no_grad()
-    def _extract(self, samples: list[Sample], datamodule) -> torch.Tensor:
-        # Runs before trainer.fit, so every process extracts everything on its own device (no process group yet).
-        device = self._extract_device()
-        cfg = self.backbone_config.model_copy(update={"scenario_embedding": "none", "dual_branch": False})
-        clip_model = self._frozen_clip() if cfg.kind == "clip" else None  # timm: its own pretrained weights
-        encoder = build_image_encoder(cfg, clip_model=clip_model).to(device).eval()
-        # group 0 everywhere needed is already set by the caller; no view transform is applied
-        dataset = ReIDImageDataset(samples, test_transform(datamodule.image_size))
-        loader = DataLoader(dataset, batch_size=datamodule.test_batch_size, num_workers=datamodule.num_workers)
-        chunks = []
-        for batch in loader:
-            images = batch["image"].to(device)
-            zeros = torch.zeros(images.shape[0], dtype=torch.long, device=device)
-            chunks.append(encoder(images, zeros, zeros).v.float().cpu())
-        rank_zero_info(f"[stage2] extracted frozen-CLIP features of {len(samples)} images on {device}")
-        return torch.cat(chunks)
-
-    def _extract_device(self) -> torch.device:
-        choice = self.hparams.extract_device
-        if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-            return torch.device("cpu")
-        if not torch.cuda.is_available():
-            raise ValueError("stage2.extract_device is cuda but no GPU is visible; use auto or cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return Stage2Handoff(
+            stage=self.stage_name,
+            text_features=self.all_text_features().cpu(),
+            cluster_scenario=self.cluster_scenario.detach().cpu().clone(),
+            cluster_block=self.cluster_block.detach().cpu().clone(),
+            prompts=self.prompts.detach().float().cpu().clone(),
+            labels=self.labels.clone(),
+            logit_scale=float(self.text_encoder.logit_scale),
+        )
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
         wraps_sampler = getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False)
         if stage == "fit" and trainer.world_size > 1 and wraps_sampler:
             # Lightning would re-shard the flat index stream and break the P x K batches; our sampler is rank-aware.
-            raise ValueError("Stage II batches need `trainer.use_distributed_sampler: false` with several devices")
+            raise ConfigError("Stage II batches need `trainer.use_distributed_sampler: false` with several devices")
 
     # ---------------------------------------------------------------- text features
     def text_features(self, clusters: torch.Tensor) -> torch.Tensor:
@@ -398,11 +324,8 @@ class Stage2(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         warmup = round(hp.warmup_epochs * total / epochs)
-
-        def factor(step: int) -> float:
-            return lr_factor(step, total, warmup, hp.warmup_factor, hp.min_lr_factor)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = warmup_scheduler(optimizer, warmup=warmup, start=hp.warmup_factor, floor=hp.min_lr_factor,
+                                     total=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- checkpoints
@@ -423,10 +346,3 @@ class Stage2(L.LightningModule):
             for name in ("cluster_scenario", "cluster_block"):
                 setattr(self, name, torch.zeros_like(state[name], device=self.prompts.device))
 
-
-def lr_factor(step: int, total: int, warmup: int, warmup_factor: float, min_factor: float) -> float:
-    """Linear warm-up from ``warmup_factor`` to 1 over ``warmup`` steps, then cosine down to ``min_factor``."""
-    if step < warmup:
-        return warmup_factor + (1.0 - warmup_factor) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -20,23 +20,23 @@ results broadcast (as the pseudo-labels are), so every rank trains on identical 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from itkm_lightning.config import CHMConfig, ClusteringConfig, OptimConfig
 from itkm_lightning.distributed import all_gather_variable, broadcast_tensor
+from itkm_lightning.errors import ConfigError, DataFormatError
 from itkm_lightning.matching import group_centred_similarity, instance_positives, match_clusters, partner_table
-from itkm_lightning.models.clip import BackboneConfig
-from itkm_lightning.models.losses import chm_loss, cluster_nce, ihm_loss, text_contrastive_loss
-from itkm_lightning.models.memory import ClusterMemory
-from itkm_lightning.stages.base import ReIDStage
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.handoffs import Handoff, Stage1Handoff, Stage2Handoff, Stage3Handoff
+from itkm_lightning.models.losses import chm_loss, ihm_loss, text_contrastive_loss
+from itkm_lightning.stages.clustering_stage import ClusteringStage
 from itkm_lightning.text_update import cluster_text, init_instance_text, update_instance_text
-
-STAGE1_KEYS = ("encoder", "labels", "paths")
-STAGE2_KEYS = ("text_features", "labels", "logit_scale")
 
 
 def _to_global(local_partner: np.ndarray, cluster_ids: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ def _to_global(local_partner: np.ndarray, cluster_ids: torch.Tensor) -> torch.Te
     return out
 
 
-class Stage3(ReIDStage):
+class Stage3(ClusteringStage):
     """Heterogeneous learning on top of Stage I's encoder and Stage II's text features.
 
     Args:
@@ -77,7 +77,7 @@ class Stage3(ReIDStage):
     """
 
     stage_name = "stage3"
-    evaluates_images = True
+    receives = {"stage1": Stage1Handoff, "stage2": Stage2Handoff}
 
     def __init__(
         self,
@@ -102,9 +102,9 @@ class Stage3(ReIDStage):
         flip_test: bool = False,
         retrieval_feature: str = "f",
     ) -> None:
-        super().__init__(backbone=backbone, optim=optim, flip_test=flip_test, retrieval_feature=retrieval_feature)
+        super().__init__(backbone, clustering, optim, temperature, memory_momentum, flip_test, retrieval_feature,
+                         section="stage3")
         checks = [
-            (temperature > 0, f"stage3.temperature must be > 0; got {temperature}"),
             (0.0 <= instance_momentum < 1.0, f"stage3.instance_momentum must be in [0, 1); got {instance_momentum}"),
             (0.0 <= dru_alpha <= 1.0, f"stage3.dru_alpha must be in [0, 1]; got {dru_alpha}"),
             (ihm_k >= 1, f"stage3.ihm_k must be >= 1; got {ihm_k}"),
@@ -113,11 +113,9 @@ class Stage3(ReIDStage):
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         self.save_hyperparameters()
-        self.clustering = clustering
         self.init_from = init_from
-        self.temperature = temperature
         self.instance_momentum = instance_momentum
         self.dru, self.dru_alpha = dru, dru_alpha
         self.chm, self.chm_weight, self.chm_matching = chm, chm_weight, chm_matching
@@ -125,7 +123,6 @@ class Stage3(ReIDStage):
         self.txt, self.txt_weight, self.txt_label_smoothing = txt, txt_weight, txt_label_smoothing
         if not txt:
             self.encoder.visual_projection.requires_grad_(False)  # nothing reads v (and DDP sees no unused param)
-        self.memory = ClusterMemory(self.encoder.feature_dim, momentum=memory_momentum)
         proj = self.encoder.projection_dim
         self.register_buffer("instance_text", torch.zeros(0, proj))
         self.register_buffer("prototypes", torch.zeros(0, proj))
@@ -140,51 +137,43 @@ class Stage3(ReIDStage):
         self.final_labels: torch.Tensor | None = None
         self._handoff: dict | None = None
 
-    # ---------------------------------------------------------------- stage protocol
-    def receive_handoff(self, handoffs: dict[str, dict]) -> None:
-        missing = [s for s in ("stage1", "stage2") if s not in handoffs]
+    # ---------------------------------------------------------------- stage contract
+    def receive_handoff(self, handoffs: Mapping[str, Handoff]) -> None:
+        missing = [s for s in self.receives if s not in handoffs]
         if missing:
-            raise ValueError(f"Stage III needs the finished Stage I and Stage II handoffs; missing {missing}: "
-                             "run those stages first (itkm fit runs them in order)")
+            raise ConfigError(f"Stage III needs the finished Stage I and Stage II handoffs; missing {missing}: "
+                              "run those stages first (itkm fit runs them in order)")
         s1, s2 = handoffs["stage1"], handoffs["stage2"]
-        for name, handoff, keys in (("stage1", s1, STAGE1_KEYS), ("stage2", s2, STAGE2_KEYS)):
-            absent = [k for k in keys if k not in handoff]
-            if absent:
-                raise ValueError(f"the {name} handoff lacks {absent}; it was written by another version: "
-                                 f"delete <run_dir>/{name}/handoff.pt and re-run that stage")
-        labels = torch.as_tensor(s1["labels"], dtype=torch.long)
-        text = torch.as_tensor(s2["text_features"], dtype=torch.float32)
-        if not torch.equal(torch.as_tensor(s2["labels"], dtype=torch.long), labels):
-            raise ValueError("the stage2 handoff was trained on other Stage I labels than stage1/handoff.pt holds; "
-                             "delete <run_dir>/stage2/handoff.pt and re-run Stage II")
+        if not torch.equal(s2.labels, s1.labels):
+            raise DataFormatError("the stage2 handoff was trained on other Stage I labels than stage1/handoff.pt holds; "
+                                  "delete <run_dir>/stage2/handoff.pt and re-run Stage II")
+        text = s2.text_features
         if text.ndim != 2 or text.shape[1] != self.encoder.projection_dim:
-            raise ValueError(f"Stage II text features have shape {tuple(text.shape)} but the image encoder projects to "
-                             f"{self.encoder.projection_dim} dims; Stage II must use a CLIP of the same projection size")
+            raise ConfigError(f"Stage II text features have shape {tuple(text.shape)} but the image encoder projects to "
+                              f"{self.encoder.projection_dim} dims; Stage II must use a CLIP of the same projection size")
         if self.init_from == "stage1":
             try:
-                self.encoder.load_state_dict(s1["encoder"])
+                self.encoder.load_state_dict(s1.encoder)
             except RuntimeError as error:
-                raise ValueError(f"the Stage I encoder does not fit stage3.backbone ({str(error).splitlines()[0]}); "
-                                 "Stage III must use the backbone Stage I was trained with") from None
-        self._handoff = {"labels": labels, "text_features": F.normalize(text, dim=1),
-                         "paths": list(s1["paths"]), "logit_scale": float(s2["logit_scale"])}
+                raise ConfigError(f"the Stage I encoder does not fit stage3.backbone ({str(error).splitlines()[0]}); "
+                                  "Stage III must use the backbone Stage I was trained with") from None
+        self._handoff = {"labels": s1.labels, "text_features": F.normalize(text, dim=1),
+                         "paths": s1.paths, "logit_scale": s2.logit_scale}
 
-    def make_handoff(self, datamodule) -> dict:
+    def make_handoff(self, datamodule) -> Stage3Handoff:
         """Encoder weights, the labels of one re-clustering with the final encoder, and the instance text u."""
         labels = self.final_labels if self.final_labels is not None else self.train_labels
-        return {
-            "stage": self.stage_name,
-            "encoder": {k: v.detach().float().cpu() for k, v in self.encoder.state_dict().items()},
-            "labels": labels.detach().cpu().clone(),
-            "text": self.instance_text.detach().float().cpu().clone(),
-        }
+        return Stage3Handoff(
+            stage=self.stage_name,
+            encoder={k: v.detach().float().cpu() for k, v in self.encoder.state_dict().items()},
+            labels=labels.detach().cpu().clone(),
+            text=self.instance_text.detach().float().cpu().clone(),
+        )
 
-    def configure_callbacks(self):
+    def labeler(self) -> L.Callback:
         from itkm_lightning.callbacks.heterogeneous import HeterogeneousMatchingCallback
 
-        if self.trainer.state.fn != "fit":
-            return []
-        return [HeterogeneousMatchingCallback(self.clustering, config_key="stage3.clustering")]
+        return HeterogeneousMatchingCallback(self.clustering, config_key="stage3.clustering")
 
     # ---------------------------------------------------------------- per-epoch state
     def bind_training_set(self, datamodule) -> None:
@@ -194,8 +183,8 @@ class Stage3(ReIDStage):
                              "before trainer.fit (itkm fit does this)")
         paths = [s.path for s in datamodule.train_samples]
         if paths != self._handoff["paths"]:
-            raise ValueError("the training set differs from the one Stage I labelled (paths or order changed); "
-                             "use the same data config for every stage, or start a new --run_dir")
+            raise ConfigError("the training set differs from the one Stage I labelled (paths or order changed); "
+                              "use the same data config for every stage, or start a new --run_dir")
         self.block_names = list(datamodule.blocks)
         index = {b: i for i, b in enumerate(self.block_names)}
         other = [index.get((s, 1 - g), -1) if g in (0, 1) else -1 for s, g in self.block_names]
@@ -266,7 +255,7 @@ class Stage3(ReIDStage):
         blocks = self.memory.blocks[labels]
         other = self.other_block[blocks]
         centroids = self.memory.features.clone()  # the in-place updates below must not touch what backward needs
-        losses = {"homo": cluster_nce(self.memory.logits(f, blocks, self.temperature), labels)}
+        losses = {"homo": self.homogeneous_loss(f, blocks, labels)}
         loss = losses["homo"]
         if self.chm and self.chm_weight > 0:
             losses["chm"] = chm_loss(f, centroids, self.memory.blocks, other, self.chm_partner[labels], self.temperature)
@@ -294,9 +283,8 @@ class Stage3(ReIDStage):
         self.instance_memory[index] = F.normalize(mu * self.instance_memory[index] + (1 - mu) * features, dim=1)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
-        if "memory.features" in state:
-            self.memory.resize_like(state["memory.features"], state["memory.blocks"])
         for name in ("instance_text", "prototypes", "chm_partner", "ihm_positives", "train_labels"):
             if name in state:
                 setattr(self, name, torch.zeros_like(state[name], device=getattr(self, name).device))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from itkm_lightning.handoffs import SupervisedHandoff
 from itkm_lightning.stages.base import ReIDStage
 from itkm_lightning.stages.stage1 import Stage1
 
@@ -23,17 +24,14 @@ class SupervisedStage1(Stage1):
     stage_name = "supervised"
     reads_ground_truth = True  # the one stage whose training labels are the true identities
 
-    def configure_callbacks(self):
+    def labeler(self) -> L.Callback:
         from itkm_lightning.callbacks.ground_truth import GroundTruthLabelCallback
 
-        if self.trainer.state.fn != "fit":
-            return []
-        return [GroundTruthLabelCallback()]
+        return GroundTruthLabelCallback()
 
-    def make_handoff(self, datamodule: L.LightningDataModule) -> dict:
+    def make_handoff(self, datamodule: L.LightningDataModule) -> SupervisedHandoff:
         """The trained encoder and the labels it trained on (nothing reads it but the tools: a finished marker)."""
         from itkm_lightning.callbacks.ground_truth import ground_truth_labels
 
-        handoff = ReIDStage.make_handoff(self, datamodule)
-        handoff["labels"] = torch.from_numpy(ground_truth_labels(datamodule.train_samples))
-        return handoff
+        return SupervisedHandoff(**ReIDStage.make_handoff(self, datamodule).to_dict(),
+                                 labels=torch.from_numpy(ground_truth_labels(datamodule.train_samples)))

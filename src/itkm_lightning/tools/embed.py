@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from itkm_lightning.data.schema import SCENARIOS, Sample
+from itkm_lightning.errors import ConfigError
 
 # The model-side imports (torch models, transformers) happen inside the functions that need them: `itkm search`
 # builds its parser from this module and must start without them.
@@ -36,7 +37,7 @@ def tagged_samples(images: list[str], scenario: str | None, group: int) -> list[
     from itkm_lightning.tools.features import list_images, tag_images
 
     if scenario is None:
-        raise ValueError("untagged images need --scenario (vi, cr or cc; --group defaults to 0), "
+        raise ConfigError("untagged images need --scenario (vi, cr or cc; --group defaults to 0), "
                          "or use --config with --split to read the tags from a dataset")
     return tag_images(list_images(images), scenario, group)
 
@@ -84,9 +85,10 @@ def main(argv: list[str]) -> None:
     if overrides and not args.config:
         parser.error(f"{' '.join(overrides)}: dotted overrides (as for `itkm fit`) need --config")
     if bool(args.images) == bool(args.config):
-        raise ValueError("give either image files/folders or --config (with --split), not both and not neither")
+        raise ConfigError("give either image files/folders or --config (with --split), not both and not neither")
     from itkm_lightning.extractor import FeatureExtractor
-    from itkm_lightning.tools.features import samples_from_config, save_embeddings
+    from itkm_lightning.tools.embedding_files import save_embeddings
+    from itkm_lightning.tools.features import samples_from_config
 
     samples = (samples_from_config(args.config, args.split, args.benchmark, overrides) if args.config
                else tagged_samples(args.images, args.scenario, args.group))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from itkm_lightning.errors import DataFormatError, DataUnavailableError
+
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.csv"  # one row per feature row: path, scenario, group (+ pid, camid, clothes when known)
 LABEL_COLUMNS = ("pid", "camid", "clothes")
@@ -22,13 +24,10 @@ def save_embeddings(out_dir: str | Path, features: np.ndarray, samples: Sequence
     from a dataset split; tagged loose images have pid -1 and get no label columns), so that `itkm search
     --evaluate` can score two such folders.
     """
-    from itkm_lightning.fileio import atomic_write_text
+    from itkm_lightning.fileio import atomic_write, atomic_write_text
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{FEATURES_FILE}.tmp.npy"
-    np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
-    tmp.replace(out_dir / FEATURES_FILE)
+    atomic_write(out_dir / FEATURES_FILE, lambda handle: np.save(handle, np.ascontiguousarray(features, dtype=np.float32)))
     labelled = bool(samples) and all(s.pid >= 0 for s in samples)
     columns = ["path", "scenario", "group"]
     if labelled:
@@ -54,15 +53,15 @@ def load_embeddings(folder: str | Path) -> tuple[np.ndarray, list[dict[str, str]
     """What ``save_embeddings`` wrote: features and the index rows (dicts with path, scenario, group, ...)."""
     folder = Path(folder)
     if not is_embedding_dir(folder):
-        raise FileNotFoundError(f"{folder} has no {FEATURES_FILE} + {INDEX_FILE}; create it with `itkm embed`")
+        raise DataUnavailableError(f"{folder} has no {FEATURES_FILE} + {INDEX_FILE}; create it with `itkm embed`")
     try:
         features = np.load(folder / FEATURES_FILE, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:  # truncated, or not a plain array
-        raise ValueError(f"{folder / FEATURES_FILE} cannot be read ({str(err).strip().splitlines()[0]}); "
-                         f"embed the folder again with `itkm embed`") from None
+        raise DataFormatError(f"{folder / FEATURES_FILE} cannot be read ({str(err).strip().splitlines()[0]}); "
+                              f"embed the folder again with `itkm embed`") from None
     with (folder / INDEX_FILE).open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if features.ndim != 2 or len(rows) != len(features):
-        raise ValueError(f"{folder}: {FEATURES_FILE} has shape {features.shape} but {INDEX_FILE} has {len(rows)} "
-                         "rows; embed the folder again")
+        raise DataFormatError(f"{folder}: {FEATURES_FILE} has shape {features.shape} but {INDEX_FILE} has {len(rows)} "
+                              "rows; embed the folder again")
     return features.astype(np.float32, copy=False), rows

@@ -3,7 +3,7 @@
 The model is a run directory, a ``.ckpt`` of any stage or a ``handoff.pt`` (tools/model_source.py, weights only).
 The config is any training config (``itkm fit``'s files and dotted overrides); its ``data.test_sources`` (or,
 unset, ``data.sources``) are scored with each benchmark's own protocol, exactly as ``fit`` scores them
-(``stages.base.evaluate_benchmark``): the model may come from training on other datasets (torchreid's ``-s/-t``).
+(``evaluation.benchmark.evaluate_benchmark``): the model may come from training on other datasets (torchreid's ``-s/-t``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from itkm_lightning.errors import ConfigError, DataUnavailableError, ITKMError
 from itkm_lightning.tools.embed import add_model_arguments, split_overrides
 
 STAGE = "evaluated"
@@ -35,9 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmark", action="append", default=[], help="only this benchmark (repeatable)")
     parser.add_argument("--queries_shown", type=int, default=6, help="queries per ranked-list figure (0: none)")
     add_model_arguments(parser)
-    for action in parser._actions:  # unset: the config's model.retrieval_feature / model.flip_test
-        if action.dest in ("feature", "flip", "batch_size"):
-            action.default = None
+    # Unset: the config's model.retrieval_feature / model.flip_test / data.test_batch_size.
+    parser.set_defaults(feature=None, flip=None, batch_size=None)
     return parser
 
 
@@ -47,20 +47,20 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     for name in args.config:
         if not Path(name).expanduser().is_file():
-            raise FileNotFoundError(f"config {name} does not exist")
+            raise DataUnavailableError(f"config {name} does not exist")
     out = Path(args.out).expanduser()
     if (out / "run.json").is_file():  # a run directory holds one run: its results.json is the run's own
-        raise ValueError(f"--out {out} is a training run directory; write the evaluation elsewhere "
+        raise ConfigError(f"--out {out} is a training run directory; write the evaluation elsewhere "
                          f"(e.g. --out {out / 'evaluate'})")
-    from itkm_lightning.cli import parse_fit_config
+    from itkm_lightning.fit_config import parse_fit_config
     from itkm_lightning.config import RerankConfig
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.data.names import source_of
 
     cfg = parse_fit_config([str(Path(c).expanduser()) for c in args.config], overrides)
     data = cfg.get("data")
     entries = (data.get("test_sources") or data.get("sources")) if data is not None else None
     if not entries:
-        raise ValueError(f"{', '.join(args.config)}: no data.sources or data.test_sources to evaluate on")
+        raise ConfigError(f"{', '.join(args.config)}: no data.sources or data.test_sources to evaluate on")
     configured = (cfg.get("evaluation") or {}).get("rerank")
     rerank = None
     if configured is not None or args.rerank:
@@ -77,29 +77,26 @@ def main(argv: list[str]) -> None:
         try:
             source.prepare(root)
             benchmarks.extend(source.load(root))
-        except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        except ITKMError as err:  # a dataset's own report; anything else is a bug and keeps its traceback
             problems.append(str(err).strip())
-    if len(problems) == 1:
-        raise FileNotFoundError(problems[0])
     if problems:  # all at once, as `itkm fit` reports them
-        raise FileNotFoundError(f"{len(problems)} configured datasets are not usable:\n"
-                                + "\n".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+        raise DataUnavailableError.listing(problems)
     if args.benchmark:
         names = [b.name for b in benchmarks]
         missing = [n for n in args.benchmark if n not in names]
         if missing:
-            raise ValueError(f"--benchmark {', '.join(missing)}: the config has {names}")
+            raise ConfigError(f"--benchmark {', '.join(missing)}: the config has {names}")
         benchmarks = [b for b in benchmarks if b.name in args.benchmark]
     benchmarks = [b for b in benchmarks if b.query and b.gallery]
     if not benchmarks:
-        raise ValueError(f"{', '.join(args.config)}: no benchmark with query and gallery images (a source without "
+        raise ConfigError(f"{', '.join(args.config)}: no benchmark with query and gallery images (a source without "
                          "a labels file has nothing to score)")
 
     from itkm_lightning.data.clothes import ClothesMasker
     from itkm_lightning.extractor import FeatureExtractor
     from itkm_lightning.fileio import atomic_write_json
     from itkm_lightning.results import ResultsFile
-    from itkm_lightning.stages.base import evaluate_benchmark
+    from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 
     extractor = FeatureExtractor(args.model, device=args.device, feature=feature, flip=flip,
                                  batch_size=args.batch_size or int(data.get("test_batch_size") or 64),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import warnings
 from pathlib import Path
 
@@ -17,11 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from itkm_lightning.data.transforms import CLIP_MEAN, CLIP_STD
-from itkm_lightning.fileio import atomic_write_json
-from itkm_lightning.models.clip import CLIPImageEncoder
+from itkm_lightning.errors import ConfigError, ITKMError, MissingPackageError
+from itkm_lightning.fileio import atomic_path, atomic_write_json
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 from itkm_lightning.tools.model_source import load_image_encoder
 
 PARITY_TOLERANCE = 1e-5  # max |exported - eager| over the normalised features, checked after every export
+
+
+class ExportParityError(ITKMError, ValueError):
+    """The exported model does not reproduce the checkpoint's features (nothing is written)."""
 
 
 class ExportableEncoder(nn.Module):
@@ -68,7 +72,6 @@ def eager_features(encoder: CLIPImageEncoder, inputs: tuple[Tensor, Tensor, Tens
 
 def export_torchscript(encoder: CLIPImageEncoder, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportableEncoder(encoder.eval()).eval()
     with torch.no_grad(), warnings.catch_warnings():
         # torch >= 2.10 flags TorchScript as deprecated (it still loads in C++ and every torch), and HF's SDPA
@@ -76,9 +79,8 @@ def export_torchscript(encoder: CLIPImageEncoder, path: str | Path) -> Path:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example_inputs(encoder), check_trace=False)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants its suffix
-    traced.save(str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
     return path
 
 
@@ -90,13 +92,11 @@ def _dynamic_batch() -> dict:
 def export_program(encoder: CLIPImageEncoder, path: str | Path) -> Path:
     """``torch.export`` (``.pt2``, any batch size): TorchScript's successor; load with ``torch.export.load``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportableEncoder(encoder.eval()).eval()
     with torch.no_grad():
         program = torch.export.export(module, example_inputs(encoder), dynamic_shapes=_dynamic_batch())
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants its suffix
-    torch.export.save(program, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # it keeps the suffix, which torch.export wants
+        torch.export.save(program, str(tmp))
     return path
 
 
@@ -106,13 +106,13 @@ def onnx_available() -> bool:
 
 def export_onnx(encoder: CLIPImageEncoder, path: str | Path, opset: int = 18) -> Path:
     if not onnx_available():
-        raise ImportError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript "
-                          "(and onnxruntime to check the result), or export --format torchscript")
+        raise MissingPackageError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript "
+                                  "(and onnxruntime to check the result), or export --format torchscript")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportableEncoder(encoder.eval()).eval()
-    torch.onnx.export(module, example_inputs(encoder), str(path), input_names=["pixel_values", "scenario", "group"],
-                      output_names=["features"], opset_version=opset, dynamo=True, dynamic_shapes=_dynamic_batch())
+    with atomic_path(path) as tmp:
+        torch.onnx.export(module, example_inputs(encoder), str(tmp), input_names=["pixel_values", "scenario", "group"],
+                          output_names=["features"], opset_version=opset, dynamo=True, dynamic_shapes=_dynamic_batch())
     return path
 
 
@@ -123,7 +123,7 @@ def load_exported(path: str | Path):
         return torch.export.load(str(path)).module()
     if path.suffix == ".onnx":
         if importlib.util.find_spec("onnxruntime") is None:
-            raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime")
+            raise MissingPackageError("checking an ONNX export needs onnxruntime: pip install onnxruntime")
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -156,12 +156,12 @@ def output_format(out: Path, requested: str | None) -> str:
     by_suffix = {suffix: fmt for fmt, suffix in SUFFIXES.items()}.get(out.suffix)
     if requested is None:
         if by_suffix is None:
-            raise ValueError(f"--out {out}: cannot tell the format from {out.suffix or 'no suffix'}; name the file "
-                             "*.pt (torchscript), *.pt2 (program) or *.onnx")
+            raise ConfigError(f"--out {out}: cannot tell the format from {out.suffix or 'no suffix'}; name the file "
+                              "*.pt (torchscript), *.pt2 (program) or *.onnx")
         return by_suffix
     if by_suffix != requested:
-        raise ValueError(f"--out {out} does not end in {SUFFIXES[requested]}, the suffix of --format {requested}; "
-                         f"use --out {out.with_suffix(SUFFIXES[requested])} or drop --format to go by the suffix")
+        raise ConfigError(f"--out {out} does not end in {SUFFIXES[requested]}, the suffix of --format {requested}; "
+                          f"use --out {out.with_suffix(SUFFIXES[requested])} or drop --format to go by the suffix")
     return requested
 
 
@@ -186,19 +186,14 @@ def main(argv: list[str]) -> None:
     out = Path(args.out).expanduser()
     fmt = output_format(out, args.format)  # before any work: a mismatch writes nothing
     encoder, backbone = load_image_encoder(args.model)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Exported and checked under a temporary name: a failed parity check (or a crash in it) leaves no file at --out.
-    staged = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
+    with atomic_path(out) as staged:
         EXPORTERS[fmt](encoder, staged)
         checked = fmt != "onnx" or importlib.util.find_spec("onnxruntime") is not None
         diff = parity(encoder, staged) if checked else None
         if diff is not None and not diff < PARITY_TOLERANCE:
-            raise ValueError(f"the exported model differs from the checkpoint by {diff:.2e} (> {PARITY_TOLERANCE:g}); "
-                             f"nothing was written to {out}. Report this with your torch version.")
-        staged.replace(out)
-    finally:
-        staged.unlink(missing_ok=True)
+            raise ExportParityError(f"the exported model differs from the checkpoint by {diff:.2e} (> {PARITY_TOLERANCE:g}); "
+                                    f"nothing was written to {out}. Report this with your torch version.")
     atomic_write_json(out.with_name(out.name + ".json"), {
         "format": fmt, "source": str(args.model), "image_size": list(backbone.image_size),
         "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "feature_dim": encoder.feature_dim,

@@ -14,17 +14,10 @@ from tqdm import tqdm
 from itkm_lightning.data.dataset import ReIDImageDataset
 from itkm_lightning.data.schema import SCENARIOS, Sample
 from itkm_lightning.data.transforms import test_transform
-from itkm_lightning.models.clip import CLIPImageEncoder
+from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# The folder format lives in embedding_files.py (light imports for `itkm search`); re-exported here.
-from itkm_lightning.tools.embedding_files import (  # noqa: E402,F401
-    FEATURES_FILE,
-    INDEX_FILE,
-    is_embedding_dir,
-    load_embeddings,
-    save_embeddings,
-)
 
 Encode = Callable[[dict], torch.Tensor]
 
@@ -39,18 +32,18 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"{path} does not exist; pass image files or folders of images")
+            raise DataUnavailableError(f"{path} does not exist; pass image files or folders of images")
     if not found:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
+        raise DataFormatError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
     return found
 
 
 def tag_images(paths: Sequence[Path], scenario: str, group: int) -> list[Sample]:
     """Samples for untagged images: one (scenario, group) for all; identities unknown (-1)."""
     if scenario not in SCENARIOS:
-        raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
+        raise ConfigError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
     if group not in (0, 1):
-        raise ValueError(f"group must be 0 or 1, got {group}")
+        raise ConfigError(f"group must be 0 or 1, got {group}")
     return [Sample(path=str(p), pid=-1, camid=-1, scenario=scenario, group=group, source="images") for p in paths]
 
 
@@ -62,15 +55,15 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
     ``class_path`` must name a dataset source). ``split``: ``query``, ``gallery``, ``test`` (query + gallery) or
     ``train``; ``benchmark`` picks one by name.
     """
-    from itkm_lightning.cli import parse_fit_config
-    from itkm_lightning.config_files import source_of
+    from itkm_lightning.fit_config import parse_fit_config
+    from itkm_lightning.data.names import source_of
 
     for config in configs:
         if not Path(config).expanduser().is_file():
-            raise FileNotFoundError(f"config {config} does not exist")
+            raise DataUnavailableError(f"config {config} does not exist")
     data = parse_fit_config([str(Path(c).expanduser()) for c in configs], overrides).get("data")
     if data is None or not data.get("sources"):
-        raise ValueError(f"{', '.join(map(str, configs))}: no data.sources to read images from")
+        raise ConfigError(f"{', '.join(map(str, configs))}: no data.sources to read images from")
     root = Path(data.get("root") or "data")
     benchmarks = []
     # The test split is what the config evaluates (data.test_sources when set), the train split what it trains on.
@@ -81,21 +74,21 @@ def samples_from_config(configs: Sequence[str | Path], split: str, benchmark: st
         names = [b.name for b in benchmarks]
         benchmarks = [b for b in benchmarks if b.name == benchmark]
         if not benchmarks:
-            raise ValueError(f"no benchmark named {benchmark!r}; the config has {names}")
+            raise ConfigError(f"no benchmark named {benchmark!r}; the config has {names}")
     parts = {"query": ("query",), "gallery": ("gallery",), "test": ("query", "gallery"), "train": ("train",)}
     if split not in parts:
-        raise ValueError(f"split must be one of {list(parts)}, got {split!r}")
+        raise ConfigError(f"split must be one of {list(parts)}, got {split!r}")
     samples = [s for b in benchmarks for part in parts[split] for s in getattr(b, part)]
     if not samples:  # e.g. --split test of own footage without a labels file
-        raise ValueError(f"the config's {split} split holds no images ({', '.join(b.name for b in benchmarks)}); "
-                         "try --split train")
+        raise ConfigError(f"the config's {split} split holds no images ({', '.join(b.name for b in benchmarks)}); "
+                          "try --split train")
     return samples
 
 
 def encoder_features(encoder: CLIPImageEncoder, feature: str = "f", flip: bool = False) -> Encode:
     """L2-normalised retrieval features of a batch, as the stages compute them (``f`` or ``f+v``)."""
     if feature not in ("f", "f+v"):
-        raise ValueError(f"feature must be 'f' or 'f+v', got {feature!r}")
+        raise ConfigError(f"feature must be 'f' or 'f+v', got {feature!r}")
 
     def encode(batch: dict) -> torch.Tensor:
         def once(images: torch.Tensor) -> torch.Tensor:
@@ -124,7 +117,7 @@ def embed_samples(
 ) -> torch.Tensor:
     """Features of ``samples`` in their order, (N, D) float32 on CPU; one process, no sharding."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     dataset = ReIDImageDataset(samples, test_transform(tuple(image_size)), view_transform=view_transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     chunks = []
@@ -146,5 +139,5 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
     return device

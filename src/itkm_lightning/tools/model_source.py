@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from itkm_lightning import safe_load
+from itkm_lightning.errors import DataFormatError, DataUnavailableError
 from itkm_lightning.models.backbone import build_image_encoder
-from itkm_lightning.models.clip import BackboneConfig, CLIPImageEncoder
+from itkm_lightning.models.backbone_config import BackboneConfig
+from itkm_lightning.models.clip_image import CLIPImageEncoder
 
 ENCODER_PREFIX = "encoder."
 # A run directory's finished stages, most trained first (stage2 trains text only: no image encoder).
@@ -26,7 +28,7 @@ def load_image_encoder(source: str | Path) -> tuple[CLIPImageEncoder, BackboneCo
     """
     path = Path(source).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             f"model source {path} does not exist; pass a run directory, a .ckpt checkpoint or a handoff.pt file"
         )
     if path.is_dir():
@@ -37,7 +39,7 @@ def load_image_encoder(source: str | Path) -> tuple[CLIPImageEncoder, BackboneCo
         encoder.load_state_dict(state)
     except RuntimeError as err:
         detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])[:300]
-        raise ValueError(f"{path}: the encoder weights do not fit its backbone config ({detail})") from err
+        raise DataFormatError(f"{path}: the encoder weights do not fit its backbone config ({detail})") from err
     return encoder.eval(), backbone
 
 
@@ -49,7 +51,7 @@ def _pick_from_run_dir(run_dir: Path) -> Path:
     checkpoints = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("*/checkpoints/last.ckpt")]
                    if p.is_file()]
     if not checkpoints:
-        raise FileNotFoundError(
+        raise DataUnavailableError(
             f"{run_dir} holds no trained model (no stage3/handoff.pt, stage1/handoff.pt or checkpoints/last.ckpt); "
             "train one with `itkm fit --config ... --run_dir` or pass a checkpoint file"
         )
@@ -59,7 +61,7 @@ def _pick_from_run_dir(run_dir: Path) -> Path:
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], BackboneConfig]:
     payload = _torch_load(path)
     if not isinstance(payload, dict):
-        raise ValueError(f"{path} is not a checkpoint or handoff file (it holds a {type(payload).__name__})")
+        raise DataFormatError(f"{path} is not a checkpoint or handoff file (it holds a {type(payload).__name__})")
     if "state_dict" in payload:  # Lightning checkpoint
         state = {k[len(ENCODER_PREFIX):]: v for k, v in payload["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
         backbone = (payload.get("hyper_parameters") or {}).get("backbone")
@@ -68,11 +70,11 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], BackboneConfig]:
         if backbone is None:  # stage3's handoff carries weights only: the architecture is Stage I's
             backbone = _backbone_of_sibling_stage(path)
     else:
-        raise ValueError(f"{path} has neither `state_dict` (Lightning checkpoint) nor `encoder` (stage handoff)")
+        raise DataFormatError(f"{path} has neither `state_dict` (Lightning checkpoint) nor `encoder` (stage handoff)")
     if not state:
-        raise ValueError(f"{path} holds no image-encoder weights (no `encoder.*` keys); use a stage1/stage3 checkpoint")
+        raise DataFormatError(f"{path} holds no image-encoder weights (no `encoder.*` keys); use a stage1/stage3 checkpoint")
     if backbone is None:
-        raise ValueError(f"{path} does not record its backbone config; use the run's stage1 checkpoint or handoff")
+        raise DataFormatError(f"{path} does not record its backbone config; use the run's stage1 checkpoint or handoff")
     return state, _as_backbone(backbone)
 
 

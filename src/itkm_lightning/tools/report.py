@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
+from itkm_lightning.errors import DataFormatError, DataUnavailableError
 from itkm_lightning.fileio import atomic_write_text
 from itkm_lightning.results import METRICS, STAGE_ORDER
 
@@ -44,7 +45,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it and run `itkm report` again") from err
+        raise DataFormatError(f"{path} is not valid JSON ({err}); fix or remove it and run `itkm report` again") from err
     return data if isinstance(data, dict) else {}
 
 
@@ -106,11 +107,11 @@ def build_report(run_dir: str | Path, embed_images: bool = False) -> Path:
     """Write ``run_dir/report.html``; figures are linked by relative path, or inlined with ``embed_images``."""
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the --run_dir of an `itkm fit` run")
+        raise DataUnavailableError(f"run directory {run_dir} does not exist; pass the --run_dir of an `itkm fit` run")
     results = _read_json(run_dir / "results.json")
     timings = _read_json(run_dir / "timings.json")
     if not results and not (run_dir / FIGURES_DIR).is_dir():
-        raise FileNotFoundError(f"{run_dir} has neither results.json nor {FIGURES_DIR}/; is it a run directory?")
+        raise DataUnavailableError(f"{run_dir} has neither results.json nor {FIGURES_DIR}/; is it a run directory?")
     extra = {k: v for k, v in results.items() if k.endswith("_text")}
     config = run_dir / "config.yaml"
     sections = [

@@ -41,7 +41,7 @@ def write_run_figures(run_dir: str | Path, model, datamodule, *, num_queries: in
     ``model``: a stage module (its ``retrieval_features`` and device are used, so the figures show what
     evaluation scored) or None to skip the figures that need features. ``datamodule``: set up, with
     ``benchmarks``. Ranked lists skip gallery images of the query's identity *and* camera (the usual
-    junk rule); each benchmark's own protocol may remove more (see evaluation.py).
+    junk rule); each benchmark's own protocol may remove more (see evaluation/protocols.py).
     Figures whose inputs are absent (no pseudo-label log, no Stage II handoff) are skipped with a log line.
     """
     run_dir = Path(run_dir)

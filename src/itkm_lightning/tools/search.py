@@ -1,4 +1,4 @@
-"""``itkm search``: the top-k gallery images for query images (faiss inner product, torch fallback)."""
+"""``itkm search``: the top-k gallery images for query images (``clustering.knn``: faiss inner product, torch fallback)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from itkm_lightning.fileio import atomic_write_json
+from itkm_lightning.clustering.knn_search import _faiss_available, flat_index, knn
+from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError, MissingPackageError
+from itkm_lightning.fileio import atomic_path, atomic_write_json
 from itkm_lightning.tools.embedding_files import FEATURES_FILE, is_embedding_dir, load_embeddings
 
 INDEX_NAME = "faiss.index"
@@ -23,27 +25,20 @@ def normalize(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_backend(backend: str) -> str:
     """``faiss`` or ``torch``: auto picks faiss when it imports; asking for a missing faiss names the fix."""
     if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"backend must be auto, faiss or torch, got {backend!r}")
+        raise ConfigError(f"backend must be auto, faiss or torch, got {backend!r}")
     if backend == "auto":
-        return "faiss" if faiss_available() else "torch"
-    if backend == "faiss" and not faiss_available():
-        raise ImportError("--backend faiss needs faiss: pip install faiss-cpu (or faiss-gpu), or use --backend torch")
+        return "faiss" if _faiss_available() else "torch"
+    if backend == "faiss" and not _faiss_available():
+        raise MissingPackageError("--backend faiss needs faiss: pip install faiss-cpu (or faiss-gpu), or use --backend torch")
     return backend
 
 
 class GalleryIndex:
-    """Exact cosine search over a gallery: faiss ``IndexFlatIP`` when faiss imports, else a torch matmul.
+    """Exact cosine search over a gallery with the clustering's top-k search (``knn``): faiss ``IndexFlatIP`` when
+    faiss imports, else a torch matmul.
 
     ``save``/``load`` persist the faiss index next to the gallery's features, so repeated searches skip
     the build (the flat index is a copy of the features; its value is for faiss-gpu or IVF swaps later).
@@ -55,10 +50,7 @@ class GalleryIndex:
         self.backend = backend
         self.index = index
         if backend == "faiss" and index is None:
-            import faiss
-
-            self.index = faiss.IndexFlatIP(self.gallery.shape[1])
-            self.index.add(self.gallery)
+            self.index = flat_index(self.gallery)
 
     def __len__(self) -> int:
         return len(self.gallery)
@@ -67,26 +59,17 @@ class GalleryIndex:
         """(scores, indices), each (Q, min(k, len)), best first; scores are cosine similarities."""
         queries = normalize(queries)
         if queries.shape[1] != self.gallery.shape[1]:
-            raise ValueError(f"query features are {queries.shape[1]}-d but the gallery's are "
-                             f"{self.gallery.shape[1]}-d; "
-                             "embed both with the same model and --feature")
-        k = min(k, len(self.gallery))
-        if self.backend == "faiss":
-            return self.index.search(queries, k)
-        import torch  # here: `itkm search` on features with faiss needs no torch
-
-        scores = torch.from_numpy(queries) @ torch.from_numpy(self.gallery).T
-        top = scores.topk(k, dim=1)
-        return top.values.numpy(), top.indices.numpy()
+            raise ConfigError(f"query features are {queries.shape[1]}-d but the gallery's are "
+                              f"{self.gallery.shape[1]}-d; "
+                              "embed both with the same model and --feature")
+        return knn(queries, self.gallery, min(k, len(self.gallery)), backend=self.backend, faiss_index=self.index)
 
     def save(self, path: str | Path) -> None:
         if self.backend == "faiss":
             import faiss
 
-            path = Path(path)
-            tmp = path.with_name(f".{path.name}.tmp")
-            faiss.write_index(self.index, str(tmp))
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                faiss.write_index(self.index, str(tmp))
 
     @classmethod
     def for_embedding_dir(cls, folder: Path, gallery: np.ndarray, backend: str = "auto") -> GalleryIndex:
@@ -131,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score the ranking (mAP, CMC, mINP): queries and gallery must be `itkm embed` "
                              "folders whose index.csv has pid and camid (embedded with --config)")
     parser.add_argument("--protocol", default="market",
-                        help="with --evaluate: the protocol of evaluation.py (market, sysu, llcm, regdb, "
+                        help="with --evaluate: the protocol of evaluation/protocols.py (market, sysu, llcm, regdb, "
                              "cloth_changing, same_clothes); default market")
     parser.add_argument("--rerank", action="store_true",
                         help="with --evaluate: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring")
@@ -148,14 +131,14 @@ def _features_of(inputs: list[str], args, role: str, open_model) -> tuple[np.nda
     """(features, paths, embedding folder or None) of an `itkm embed` folder or of images embedded now."""
     missing = [p for p in inputs if not Path(p).expanduser().exists()]
     if missing:
-        raise FileNotFoundError(f"{role} {', '.join(missing)} does not exist; pass an `itkm embed` folder or "
-                                "image files/folders")
+        raise DataUnavailableError(f"{role} {', '.join(missing)} does not exist; pass an `itkm embed` folder or "
+                                   "image files/folders")
     if len(inputs) == 1 and is_embedding_dir(inputs[0]):
         features, rows = load_embeddings(inputs[0])
         return features, [r["path"] for r in rows], Path(inputs[0])
     if args.model is None:
-        raise ValueError(f"the {role} is not an `itkm embed` folder ({FEATURES_FILE} + index.csv), so it must be "
-                         "embedded: pass --model (run directory or checkpoint) and --scenario")
+        raise ConfigError(f"the {role} is not an `itkm embed` folder ({FEATURES_FILE} + index.csv), so it must be "
+                          "embedded: pass --model (run directory or checkpoint) and --scenario")
     from itkm_lightning.tools.embed import tagged_samples
 
     samples = tagged_samples(inputs, args.scenario, args.group)
@@ -201,13 +184,13 @@ def _common_folder(paths: list[str]) -> str:
 
 def _labels(folder: str, role: str, protocol: str) -> dict[str, np.ndarray]:
     if not is_embedding_dir(folder):
-        raise ValueError(f"--evaluate needs `itkm embed` folders; the {role} {folder} is not one")
+        raise ConfigError(f"--evaluate needs `itkm embed` folders; the {role} {folder} is not one")
     _, rows = load_embeddings(folder)
     needed = ["pid", "camid"] + (["clothes"] if protocol in ("cloth_changing", "same_clothes") else [])
     missing = [c for c in needed if not rows or c not in rows[0]]
     if missing:
-        raise ValueError(f"--evaluate: {Path(folder) / 'index.csv'} has no {'/'.join(missing)} column; embed the "
-                         f"{role} from a dataset (`itkm embed --config ... --split query|gallery`), which records them")
+        raise DataFormatError(f"--evaluate: {Path(folder) / 'index.csv'} has no {'/'.join(missing)} column; embed the "
+                              f"{role} from a dataset (`itkm embed --config ... --split query|gallery`), which records them")
     labels = {"pid": np.array([int(r["pid"]) for r in rows]), "camid": np.array([int(r["camid"]) for r in rows])}
     if "clothes" in needed:
         labels["clothes"] = np.array([r["clothes"] for r in rows])
@@ -219,9 +202,9 @@ def evaluate_folders(args, queries: np.ndarray, gallery: np.ndarray) -> dict:
     from itkm_lightning.evaluation import PROTOCOLS, cosine_distance, evaluate_rank, summarize
 
     if args.protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {list(PROTOCOLS)}, got {args.protocol!r}")
+        raise ConfigError(f"--protocol must be one of {list(PROTOCOLS)}, got {args.protocol!r}")
     if len(args.queries) != 1:
-        raise ValueError("--evaluate takes one `itkm embed` folder of queries")
+        raise ConfigError("--evaluate takes one `itkm embed` folder of queries")
     q, g = _labels(args.queries[0], "queries", args.protocol), _labels(args.gallery, "gallery", args.protocol)
     distmat = cosine_distance(queries, gallery)
     if args.rerank:
@@ -245,7 +228,7 @@ def metrics_line(metrics: dict) -> str:
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if args.topk < 1:
-        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
 
     @functools.cache
     def open_model():  # loaded once, and only when images must be embedded

@@ -2,15 +2,21 @@
 
 Every loader lists images sorted by their path relative to the dataset root, reads only the expected
 image extensions, parses labels from relative path components, and fails on a bad layout with a message
-that shows the expected tree and points to ``data/README.md``.
+that shows the expected tree and points to ``data/README.md``. Also here: the one-folder dataset base
+class, the official SYSU-MM01 / LLCM camera-folder walk and single-shot draw, and the unmatched-query log.
 """
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
+
+from itkm_lightning.data.schema import BenchmarkSplit, Sample
+from itkm_lightning.data.sources import DatasetSource
+from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 """Extensions read as images (compared case-insensitively); anything else in a folder is ignored."""
@@ -25,7 +31,7 @@ def missing_layout_error(name: str, root: Path | str, expected_tree: str) -> NoR
     ``expected_tree`` is a few lines showing the official layout; it is printed indented.
     """
     tree = "\n".join("    " + line for line in expected_tree.strip("\n").splitlines())
-    raise FileNotFoundError(
+    raise DataUnavailableError(
         f"{name}: expected {Path(root)} but it does not exist. Expected layout:\n{tree}\n"
         f"Put the dataset there or set its `path:` option ({README_HINT})."
     )
@@ -47,7 +53,7 @@ def require_file(path: Path, name: str, expected_tree: str) -> Path:
 
 def no_images_error(name: str, folder: Path | str) -> NoReturn:
     """Raise ValueError: a folder that should hold images holds none."""
-    raise ValueError(
+    raise DataFormatError(
         f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}; "
         f"check that the dataset was extracted completely ({README_HINT})."
     )
@@ -104,7 +110,7 @@ def parse_int(text: str, what: str, where: Path | str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"expected an integer {what} but found {text!r} in {where}") from None
+        raise DataFormatError(f"expected an integer {what} but found {text!r} in {where}") from None
 
 
 def read_id_list(path: Path) -> list[int]:
@@ -121,6 +127,107 @@ def read_labelled_list(path: Path) -> list[tuple[str, int]]:
         if not parts:
             continue
         if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
+            raise DataFormatError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
         entries.append((parts[0], parse_int(parts[1], "label", f"{path}:{number}")))
     return entries
+
+
+# ----------------------------------------------------------------------------- one folder per dataset
+class FolderSource(DatasetSource):
+    """A dataset read from one folder: ``self.path`` (absolute or relative to ``data.root``), else
+    ``<root>/<default_folder>``. Subclasses set ``path`` in ``__init__`` and ``default_folder``."""
+
+    default_folder: str
+
+    def dataset_dir(self, root: Path) -> Path:
+        return resolve_dataset_dir(root, self.path, self.default_folder)
+
+
+def first_with_train(splits: list[BenchmarkSplit], train: list[Sample]) -> list[BenchmarkSplit]:
+    """Give the training set to the first benchmark only: the datamodule merges every ``train`` list."""
+    if splits:
+        splits[0].train = train
+    return splits
+
+
+def chosen_subset(values: Iterable[str] | None, allowed: tuple[str, ...], what: str) -> list[str]:
+    """``values`` as a list (all of ``allowed`` when None); it must be a non-empty subset of ``allowed``."""
+    chosen = list(allowed) if values is None else list(values)
+    if not chosen or any(v not in allowed for v in chosen):
+        raise ConfigError(f"{what} must be a non-empty subset of {list(allowed)}; got {chosen}")
+    return chosen
+
+# ----------------------------------------------------------------------------- camera folders (SYSU-MM01, LLCM)
+def _id_folder(pid: int) -> str:
+    return f"{pid:04d}"
+
+
+def walk_camera_folders(
+    base: Path, ids: Sequence[int], cameras: Sequence[int]
+) -> list[tuple[Path, int, int]]:
+    """(path, pid, camera) of every image under ``base/camN/<pid:04d>/``, in the official walk order.
+
+    Ids ascending, then cameras in the given order, then file names in string order; missing folders
+    are skipped.
+    """
+    found: list[tuple[Path, int, int]] = []
+    for pid in sorted(set(ids)):
+        for cam in cameras:
+            folder = base / f"cam{cam}" / _id_folder(pid)
+            found.extend((folder / name, pid, cam) for name in sorted_file_names(folder))
+    return found
+
+
+def official_single_shot_draw(base: Path, ids: Sequence[int], cameras: Sequence[int], trial: int) -> list[Path]:
+    """One image per (id, camera): the official SYSU-MM01 / LLCM gallery draw of ``trial``.
+
+    Uses its own ``random.Random(trial)``, which yields exactly the numbers ``random.seed(trial)`` gives
+    the global generator, without disturbing the caller's random state. Folders that are missing or hold
+    no image consume no random number.
+    """
+    rng = random.Random(trial)
+    drawn: list[Path] = []
+    for pid in sorted(set(ids)):
+        for cam in cameras:
+            folder = base / f"cam{cam}" / _id_folder(pid)
+            names = sorted_file_names(folder)
+            if names:
+                drawn.append(folder / rng.choice(names))
+    return drawn
+
+
+def candidates_and_trials(draws: list[list[Path]]) -> tuple[list[Path], list[list[int]]]:
+    """Every drawn path once (in order of first draw) and, per trial, the indices it uses in draw order."""
+    position: dict[Path, int] = {}
+    trials: list[list[int]] = []
+    for draw in draws:
+        trials.append([position.setdefault(path, len(position)) for path in draw])
+    return list(position), trials
+
+
+def check_trials(trials: int) -> None:
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1 (the official protocol uses 10); got {trials}")
+
+
+# ----------------------------------------------------------------------------- benchmark checks
+def rank_zero_info(message: str) -> None:
+    # Lightning on first use: `itkm search` and `itkm --help` import this module and must start without it.
+    from lightning.pytorch.utilities import rank_zero_info as info
+
+    info(message)
+
+
+def unmatched_query_count(bench: BenchmarkSplit) -> int:
+    """Queries whose identity has no gallery image (``evaluate_rank`` skips them)."""
+    gallery_ids = {s.pid for s in bench.gallery}
+    return sum(s.pid not in gallery_ids for s in bench.query)
+
+
+def log_unmatched_queries(bench: BenchmarkSplit) -> None:
+    count = unmatched_query_count(bench)
+    if count:
+        rank_zero_info(
+            f"{bench.name}: {count} of {len(bench.query)} queries have no match in the gallery and are "
+            "skipped at scoring"
+        )

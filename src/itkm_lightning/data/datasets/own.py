@@ -18,6 +18,7 @@ from itkm_lightning.data.datasets.common import (
 )
 from itkm_lightning.data.schema import GROUP_NAMES, SCENARIOS, BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource
+from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError
 
 LAYOUT = """
 <path>/                       scenario (and group) given in the config: images at any depth
@@ -46,7 +47,7 @@ class ImageFolder(DatasetSource):
             ``pid``, ``camid``, ``split`` (``query`` / ``gallery``; other rows only monitor pseudo-labels) and
             optionally ``clothes``. Query and gallery images are scored and kept out of training. Without it,
             ``itkm fit`` reports pseudo-label statistics instead of mAP.
-        protocol: how the labelled images are scored (evaluation.py; ``market`` drops same-identity same-camera
+        protocol: how the labelled images are scored (evaluation/protocols.py; ``market`` drops same-identity same-camera
             gallery images).
         name: benchmark name (``<name>_<scenario>`` when the tree holds several scenarios).
     """
@@ -55,9 +56,9 @@ class ImageFolder(DatasetSource):
                  labels: str | None = None, protocol: Literal["market", "cloth_changing", "same_clothes"] = "market",
                  name: str = "own") -> None:
         if scenario is not None and scenario not in SCENARIOS:
-            raise ValueError(f"ImageFolder: scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
+            raise ConfigError(f"ImageFolder: scenario must be one of {list(SCENARIOS)}, got {scenario!r}")
         if group not in (None, 0, 1):
-            raise ValueError(f"ImageFolder: group must be 0 or 1, got {group!r}")
+            raise ConfigError(f"ImageFolder: group must be 0 or 1, got {group!r}")
         self.path, self.scenario, self.group = path, scenario, group
         self.labels, self.protocol, self.name = labels, protocol, name
 
@@ -70,9 +71,9 @@ class ImageFolder(DatasetSource):
             parts = [(d, d.name.lower()) for d in sorted(folder.iterdir()) if d.is_dir()]
             unknown = [d.name for d, s in parts if s not in SCENARIOS]
             if unknown or not parts:
-                raise ValueError(f"ImageFolder {folder}: without `scenario:` the sub-folders must be named vi, cr or "
-                                 f"cc; found {unknown or 'none'}. Set scenario (and group) in the config, or use:"
-                                 + LAYOUT)
+                raise DataFormatError(f"ImageFolder {folder}: without `scenario:` the sub-folders must be named vi, cr or "
+                                      f"cc; found {unknown or 'none'}. Set scenario (and group) in the config, or use:"
+                                      + LAYOUT)
         for sub, scenario in parts:
             groups = {d: _group_of(d.name, scenario) for d in sorted(sub.iterdir()) if d.is_dir()}
             if self.group is None and groups and all(g is not None for g in groups.values()) and scenario != "cc":
@@ -89,13 +90,13 @@ class ImageFolder(DatasetSource):
         file = Path(self.labels).expanduser()
         file = file if file.is_absolute() else folder / file
         if not file.is_file():
-            raise FileNotFoundError(f"ImageFolder {self.name}: labels file {file} does not exist")
+            raise DataUnavailableError(f"ImageFolder {self.name}: labels file {file} does not exist")
         with file.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         missing = {"path", "pid", "camid"} - set(rows[0] if rows else {})
         if missing:
-            raise ValueError(f"ImageFolder {self.name}: {file} needs the columns path, pid, camid (and split: "
-                             f"query / gallery); missing {sorted(missing)}")
+            raise DataFormatError(f"ImageFolder {self.name}: {file} needs the columns path, pid, camid (and split: "
+                                  f"query / gallery); missing {sorted(missing)}")
         return {str((folder / r["path"]).resolve()): r for r in rows}
 
     def load(self, root: Path) -> list[BenchmarkSplit]:
@@ -104,8 +105,8 @@ class ImageFolder(DatasetSource):
         labels = self._read_labels(folder)
         unmatched = set(labels) - {str(p.resolve()) for p, _, _ in tagged}
         if unmatched:
-            raise ValueError(f"ImageFolder {self.name}: {len(unmatched)} labelled images are not in {folder} "
-                             f"(e.g. {sorted(unmatched)[0]}); labels paths are relative to the folder")
+            raise DataFormatError(f"ImageFolder {self.name}: {len(unmatched)} labelled images are not in {folder} "
+                                  f"(e.g. {sorted(unmatched)[0]}); labels paths are relative to the folder")
         splits: dict[str, BenchmarkSplit] = {}
         for image, scenario, group in tagged:
             row = labels.get(str(image.resolve()))
@@ -122,10 +123,10 @@ class ImageFolder(DatasetSource):
                 bench.name = f"{self.name}_{bench.scenario}"
         for bench in benchmarks:
             if bool(bench.query) != bool(bench.gallery):
-                raise ValueError(f"ImageFolder {bench.name}: the labels file marks "
-                                 f"{'query' if bench.query else 'gallery'} images but no "
-                                 f"{'gallery' if bench.query else 'query'} images; mark both (split column)")
+                raise DataFormatError(f"ImageFolder {bench.name}: the labels file marks "
+                                      f"{'query' if bench.query else 'gallery'} images but no "
+                                      f"{'gallery' if bench.query else 'query'} images; mark both (split column)")
             if not bench.train:
-                raise ValueError(f"ImageFolder {bench.name}: every image is a query or gallery image; nothing is left "
-                                 "to train on")
+                raise DataFormatError(f"ImageFolder {bench.name}: every image is a query or gallery image; nothing is left "
+                                      "to train on")
         return benchmarks

@@ -25,61 +25,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 
-__all__ = ["PROTOCOLS", "cosine_distance", "evaluate_rank", "evaluate_single_gallery_shot", "re_ranking", "summarize"]
-
-
-def __getattr__(name: str) -> Any:
-    """``re_ranking`` (rerank.py) is imported on first use: it needs scipy and the clustering helpers, which
-    scoring without re-ranking does not."""
-    if name == "re_ranking":
-        from itkm_lightning.rerank import re_ranking
-
-        return re_ranking
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-Protocol = Literal["market", "sysu", "llcm", "regdb", "cloth_changing", "same_clothes"]
-PROTOCOLS: tuple[str, ...] = get_args(Protocol)
-
-_DISTINCT_IDENTITY_CMC = frozenset({"sysu", "llcm"})
-"""Protocols whose CMC counts each gallery identity once (docs/protocols.md 5.3 and 5.5)."""
-_CLOTHES_PROTOCOLS = frozenset({"cloth_changing", "same_clothes"})
-_SAME_CAMERA_REMOVAL = frozenset({"market", "llcm", "cloth_changing", "same_clothes"})
-
-SYSU_IR_QUERY_CAMERA = 3
-SYSU_SHADOWED_GALLERY_CAMERA = 2
-"""SYSU-MM01 cameras 2 and 3 share a location: camera-3 queries never see camera-2 gallery images."""
+from itkm_lightning.evaluation.distances import _distance_matrix
+from itkm_lightning.evaluation.protocols import (
+    _DISTINCT_IDENTITY_CMC,
+    Protocol,
+    _Labels,
+    _query_groups,
+    _removed_pairs,
+)
 
 _BLOCK_ELEMENTS = 1 << 22
 """Upper bound on the elements of a query-block × gallery array (4 Mi: 16 MiB of float32)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------------------------------
-
-
-def cosine_distance(query_features: Any, gallery_features: Any) -> np.ndarray:
-    """Return the query × gallery matrix ``1 − cos`` after L2-normalising both feature sets.
-
-    Accepts numpy arrays or torch tensors of shape (N, D) and (M, D). A zero feature vector stays zero
-    after normalisation (the norm is clamped, as ``torch.nn.functional.normalize`` does), so its
-    distance to everything is 1. The result keeps float32 unless an input is float64.
-    """
-    query = _feature_matrix(query_features, "query_features")
-    gallery = _feature_matrix(gallery_features, "gallery_features")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"query_features have {query.shape[1]} dimensions but gallery_features have "
-            f"{gallery.shape[1]}; extract both with the same model."
-        )
-    dtype = np.result_type(query.dtype, gallery.dtype, np.float32)
-    query_unit = _l2_normalise(query.astype(dtype, copy=False))
-    gallery_unit = _l2_normalise(gallery.astype(dtype, copy=False))
-    return 1.0 - query_unit @ gallery_unit.T
 
 
 def evaluate_rank(
@@ -142,145 +102,6 @@ def summarize(result: dict[str, Any], ranks: Sequence[int] = (1, 5, 10)) -> dict
     return summary
 
 
-# --------------------------------------------------------------------------------------------------
-# Input checks and label encoding
-# --------------------------------------------------------------------------------------------------
-
-
-def _as_numpy(values: Any) -> np.ndarray:
-    """Convert a torch tensor (on any device) or a sequence to a numpy array."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def _feature_matrix(features: Any, name: str) -> np.ndarray:
-    array = _as_numpy(features)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (samples × dimensions) array, got shape {array.shape}.")
-    if array.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}.")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contain NaN or infinite values; check the feature extractor.")
-    return array
-
-
-def _l2_normalise(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, 1e-12)
-
-
-def _distance_matrix(distmat: Any) -> np.ndarray:
-    distances = _as_numpy(distmat)
-    if distances.ndim != 2:
-        raise ValueError(
-            f"distmat must be a 2-D (queries × gallery) matrix, got shape {distances.shape}."
-        )
-    if distances.dtype.kind not in "iuf":
-        raise ValueError(f"distmat must hold numbers, got dtype {distances.dtype}.")
-    # min() propagates NaN and is much cheaper than a full isnan() mask on a large matrix.
-    if distances.dtype.kind == "f" and distances.size and np.isnan(distances.min()):
-        raise ValueError("distmat contains NaN; check the features it was computed from.")
-    return distances
-
-
-def _label_vector(values: Any, name: str, expected_length: int, axis_name: str) -> np.ndarray:
-    array = _as_numpy(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}.")
-    if array.size != expected_length:
-        raise ValueError(
-            f"{name} has {array.size} entries but distmat has {expected_length} {axis_name}; "
-            "pass one label per row/column of distmat."
-        )
-    return array
-
-
-def _clothes_vector(values: Any, name: str, expected_length: int, axis_name: str) -> np.ndarray:
-    array = _label_vector(values, name, expected_length, axis_name)
-    if array.dtype == object and any(value is None for value in array):
-        raise ValueError(f"{name} contains None; every sample needs a clothes key for this protocol.")
-    return array.astype(str)
-
-
-def _joint_codes(query_values: np.ndarray, gallery_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Encode query and gallery labels as small integers over query ∪ gallery (equality preserved)."""
-    _, codes = np.unique(np.concatenate([query_values, gallery_values]), return_inverse=True)
-    codes = codes.reshape(-1)
-    return codes[: query_values.size], codes[query_values.size :]
-
-
-@dataclass(frozen=True)
-class _Labels:
-    """Identity, camera and clothes labels, as integer codes shared by query and gallery."""
-
-    q_pid: np.ndarray
-    g_pid: np.ndarray
-    q_cam: np.ndarray
-    g_cam: np.ndarray
-    q_cam_raw: np.ndarray
-    g_cam_raw: np.ndarray
-    q_clothes: np.ndarray | None
-    g_clothes: np.ndarray | None
-
-    @classmethod
-    def build(
-        cls,
-        shape: tuple[int, int],
-        q_pids: Any,
-        g_pids: Any,
-        q_camids: Any,
-        g_camids: Any,
-        q_clothes: Any,
-        g_clothes: Any,
-        protocol: str,
-    ) -> _Labels:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"Unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
-        num_query, num_gallery = shape
-        q_pid, g_pid = _joint_codes(
-            _label_vector(q_pids, "q_pids", num_query, "queries"),
-            _label_vector(g_pids, "g_pids", num_gallery, "gallery items"),
-        )
-        q_cam_raw = _label_vector(q_camids, "q_camids", num_query, "queries")
-        g_cam_raw = _label_vector(g_camids, "g_camids", num_gallery, "gallery items")
-        q_cam, g_cam = _joint_codes(q_cam_raw, g_cam_raw)
-        q_cloth = g_cloth = None
-        if protocol in _CLOTHES_PROTOCOLS:
-            if q_clothes is None or g_clothes is None:
-                raise ValueError(
-                    f"protocol {protocol!r} needs q_clothes and g_clothes; pass the clothes key of "
-                    "every query and gallery sample."
-                )
-            q_cloth, g_cloth = _joint_codes(
-                _clothes_vector(q_clothes, "q_clothes", num_query, "queries"),
-                _clothes_vector(g_clothes, "g_clothes", num_gallery, "gallery items"),
-            )
-        return cls(q_pid, g_pid, q_cam, g_cam, q_cam_raw, g_cam_raw, q_cloth, g_cloth)
-
-
-# --------------------------------------------------------------------------------------------------
-# Query grouping and blocking
-# --------------------------------------------------------------------------------------------------
-
-
-def _query_groups(protocol: str, labels: _Labels) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (query rows, gallery columns) pairs; each query is scored against its columns only.
-
-    Only SYSU needs two groups: its camera-3 queries lose every camera-2 gallery column.
-    """
-    all_queries = np.arange(labels.q_pid.size)
-    all_gallery = np.arange(labels.g_pid.size)
-    if protocol != "sysu":
-        yield all_queries, all_gallery
-        return
-    shadowed_queries = labels.q_cam_raw == SYSU_IR_QUERY_CAMERA
-    visible_gallery = np.flatnonzero(labels.g_cam_raw != SYSU_SHADOWED_GALLERY_CAMERA)
-    for rows, cols in ((~shadowed_queries, all_gallery), (shadowed_queries, visible_gallery)):
-        if rows.any() and cols.size:
-            yield np.flatnonzero(rows), cols
-
-
 def _take_block(distances: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """distances[rows][:, cols], as a view when rows are consecutive and cols the whole gallery."""
     consecutive = rows.size > 0 and rows[-1] - rows[0] + 1 == rows.size
@@ -292,11 +113,6 @@ def _row_blocks(rows: np.ndarray, num_cols: int) -> Iterator[np.ndarray]:
     rows_per_block = max(1, _BLOCK_ELEMENTS // max(num_cols, 1))
     for start in range(0, rows.size, rows_per_block):
         yield rows[start : start + rows_per_block]
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring one block of query rows
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -406,20 +222,6 @@ def _same_identity_pairs(
     return pair_row, pair_col
 
 
-def _removed_pairs(
-    protocol: str, labels: _Labels, query_index: np.ndarray, gallery_index: np.ndarray
-) -> np.ndarray:
-    """Which same-identity (query, gallery) pairs the protocol drops from the ranked list."""
-    removed = np.zeros(query_index.size, dtype=bool)
-    if protocol in _SAME_CAMERA_REMOVAL:
-        removed |= labels.q_cam[query_index] == labels.g_cam[gallery_index]
-    if protocol in _CLOTHES_PROTOCOLS:
-        assert labels.q_clothes is not None and labels.g_clothes is not None
-        same_clothes = labels.q_clothes[query_index] == labels.g_clothes[gallery_index]
-        removed |= same_clothes if protocol == "cloth_changing" else ~same_clothes
-    return removed
-
-
 def _exclusive_count_per_row(flags: np.ndarray, rows: np.ndarray, num_rows: int) -> np.ndarray:
     """For entries grouped by row (rows sorted), count the True flags before each entry in its row."""
     running = np.cumsum(flags) - flags
@@ -491,72 +293,3 @@ def _distinct_identities_before(
     identity_start = np.flatnonzero(np.r_[True, sorted_pid[1:] != sorted_pid[:-1]])
     identity_seen = np.logical_or.reduceat(ranked_before[:, by_identity], identity_start, axis=1)
     return identity_seen.sum(axis=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# The literature's single-gallery-shot CMC (docs/protocols.md 5.7)
-# --------------------------------------------------------------------------------------------------
-
-SINGLE_GALLERY_SHOT_DRAWS = 10
-"""Gallery draws of the single-gallery-shot protocol (open-reid's ``single_gallery_shot=True`` repeats 10)."""
-
-
-def evaluate_single_gallery_shot(
-    distmat: Any,
-    q_pids: Any,
-    g_pids: Any,
-    q_camids: Any,
-    g_camids: Any,
-    *,
-    draws: int = SINGLE_GALLERY_SHOT_DRAWS,
-    max_rank: int = 50,
-) -> dict[str, Any]:
-    """The single-gallery-shot protocol of the cross-resolution literature (docs/protocols.md 5.7).
-
-    For draw ``d = 0 .. draws - 1``, ``numpy.random.default_rng(d)`` draws, for every query, one gallery
-    image per identity among the entries the Market rule keeps (same identity and same camera removed):
-    the generator fills one uniform key per (query, gallery entry), query by query in gallery order, and
-    each identity's kept entry with the largest key is drawn. The CMC of that one-image-per-identity
-    gallery (stable ranking, ties in gallery order) is averaged over the draws; mAP and mINP are those of
-    the full gallery (``evaluate_rank`` with ``protocol="market"``). Queries without a kept match are
-    skipped, as in ``evaluate_rank``.
-
-    Returns ``{"cmc", "cmc_draws" (draws x max_rank), "mAP", "mINP", "num_valid"}``.
-    """
-    full = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, protocol="market", max_rank=max_rank)
-    if not isinstance(draws, (int, np.integer)) or isinstance(draws, bool) or draws < 1:
-        raise ValueError(f"draws must be a positive integer, got {draws!r}.")
-    distances = _distance_matrix(distmat)
-    labels = _Labels.build(distances.shape, q_pids, g_pids, q_camids, g_camids, None, None, "market")
-    num_gallery = distances.shape[1]
-    by_identity = np.argsort(labels.g_pid, kind="stable")
-    sorted_pid = labels.g_pid[by_identity]
-    identity_start = np.flatnonzero(np.r_[True, sorted_pid[1:] != sorted_pid[:-1]])
-    identity_of_column = np.empty(num_gallery, dtype=np.int64)
-    identity_of_column[by_identity] = np.cumsum(np.r_[True, sorted_pid[1:] != sorted_pid[:-1]]) - 1
-    column_index = np.arange(num_gallery)
-    curves = np.zeros((draws, max_rank))
-    for draw in range(draws):
-        rng = np.random.default_rng(draw)
-        histogram = np.zeros(max_rank + 1, dtype=np.int64)
-        num_valid = 0
-        for rows in _row_blocks(np.arange(distances.shape[0]), num_gallery):
-            block = np.asarray(distances[rows[0] : rows[-1] + 1], dtype=np.float64)
-            keys = rng.random(block.shape)
-            same_pid = labels.q_pid[rows][:, None] == labels.g_pid[None, :]
-            kept = ~(same_pid & (labels.q_cam[rows][:, None] == labels.g_cam[None, :]))
-            keys[~kept] = -1.0
-            best = np.maximum.reduceat(keys[:, by_identity], identity_start, axis=1)
-            drawn = kept & (keys == best[:, identity_of_column])
-            match = drawn & same_pid
-            valid = match.any(axis=1)
-            match_col = match.argmax(axis=1)[valid]
-            block, drawn, same_pid = block[valid], drawn[valid], same_pid[valid]
-            match_value = block[np.arange(block.shape[0]), match_col][:, None]
-            before = (block < match_value) | ((block == match_value) & (column_index < match_col[:, None]))
-            rank = (before & drawn & ~same_pid).sum(axis=1)
-            histogram += np.bincount(np.minimum(rank, max_rank), minlength=max_rank + 1)
-            num_valid += int(valid.sum())
-        curves[draw] = np.cumsum(histogram)[:max_rank] / max(num_valid, 1)
-    return {"cmc": curves.mean(axis=0), "cmc_draws": curves, "mAP": full["mAP"], "mINP": full["mINP"],
-            "num_valid": full["num_valid"]}

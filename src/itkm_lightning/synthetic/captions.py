@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from itkm_lightning.data.synthetic_render import (
+from itkm_lightning.synthetic.world import (
     CLOTHES_PALETTE,
     HAIR_PALETTE,
     SKIN_PALETTE,

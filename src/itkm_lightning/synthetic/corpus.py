@@ -31,9 +31,12 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from itkm_lightning.data import synthetic_render as render
+from itkm_lightning.errors import ConfigError, DataUnavailableError
 from itkm_lightning.fileio import folder_meta_matches, staging_directory
-from itkm_lightning.pretrain.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
+from itkm_lightning.synthetic.captions import KEEP_PROBABILITY, CONDITIONS, Condition, make_captions, visibility
+from itkm_lightning.synthetic.modalities import make_infrared_lut, to_low_resolution
+from itkm_lightning.synthetic.render import render_person
+from itkm_lightning.synthetic.world import RGB, CameraStyle, Identity, Outfit, sample_identity, sample_wardrobe
 
 CORPUS_VERSION = "7"
 """Bump when the pictures or captions change for the same spec, so cached corpora are not reused."""
@@ -116,30 +119,26 @@ def corpus_pids(spec: CorpusSpec) -> list[int]:
     return list(range(CORPUS_FIRST_PID, CORPUS_FIRST_PID + spec.identities))
 
 
-def corpus_identity(spec: CorpusSpec, pid: int) -> render.Identity:
-    return render.sample_identity(_stream(spec, pid, _STREAM_IDENTITY))
+def corpus_identity(spec: CorpusSpec, pid: int) -> Identity:
+    return sample_identity(_stream(spec, pid, _STREAM_IDENTITY))
 
 
-def corpus_wardrobe(spec: CorpusSpec, pid: int) -> list[render.Outfit]:
+def corpus_wardrobe(spec: CorpusSpec, pid: int) -> list[Outfit]:
     """The person's outfits, each with an upper-garment colour the others do not use."""
-    rng = _stream(spec, pid, _STREAM_WARDROBE)
-    outfits: list[render.Outfit] = []
-    for _ in range(spec.outfits):
-        outfits.append(render.sample_outfit(rng, avoid_upper=frozenset(o.upper.name for o in outfits)))
-    return outfits
+    return sample_wardrobe(_stream(spec, pid, _STREAM_WARDROBE), spec.outfits)
 
 
-def traits_hash(identity: render.Identity) -> str:
+def traits_hash(identity: Identity) -> str:
     """A digest of every lasting trait of a person (equal digests = the same drawn person)."""
     return hashlib.sha256(repr(sorted(asdict(identity).items())).encode()).hexdigest()[:16]
 
 
-def _hsv_colour(hue: float, saturation: float, value: float) -> render.RGB:
+def _hsv_colour(hue: float, saturation: float, value: float) -> RGB:
     r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def sample_web_scene(rng: np.random.Generator) -> render.CameraStyle:
+def sample_web_scene(rng: np.random.Generator) -> CameraStyle:
     """A per-picture "web photo" scene, deliberately unlike the benchmark's surveillance cameras.
 
     Benchmark cameras: muted grey backgrounds (grey 70-190 plus a +-40 cast) with a darker floor, 0-3
@@ -154,7 +153,7 @@ def sample_web_scene(rng: np.random.Generator) -> render.CameraStyle:
     else:
         background = _hsv_colour(float(rng.random()), float(rng.uniform(0.35, 0.75)), float(rng.uniform(0.5, 0.95)))
     floor = _hsv_colour(float(rng.random()), float(rng.uniform(0.1, 0.6)), float(rng.uniform(0.3, 0.8)))
-    return render.CameraStyle(
+    return CameraStyle(
         background=background,
         floor=floor,
         floor_level=float(rng.uniform(0.8, 0.98)),
@@ -196,7 +195,7 @@ def plan_corpus(spec: CorpusSpec) -> list[CorpusImage]:
 
 
 def render_corpus_image(
-    spec: CorpusSpec, image: CorpusImage, identity: render.Identity, outfit: render.Outfit
+    spec: CorpusSpec, image: CorpusImage, identity: Identity, outfit: Outfit
 ) -> tuple[Image.Image, dict]:
     """Draw one picture and return it with its manifest record (captions included)."""
     condition_id = CONDITIONS.index(image.condition)
@@ -204,12 +203,12 @@ def render_corpus_image(
     scene = sample_web_scene(rng)
     # Each infrared picture has its own table (another camera and filter each time), applied to the
     # material before the picture is lit, as in the benchmark (corpus version 6).
-    lut = render.make_infrared_lut(rng) if image.condition == "infrared" else None
-    picture, _ = render.render_person(
+    lut = make_infrared_lut(rng) if image.condition == "infrared" else None
+    picture, _ = render_person(
         identity, outfit, scene, rng, (spec.image_height, spec.image_width), infrared_lut=lut
     )
     if image.condition == "lowres":
-        picture = render.to_low_resolution(picture, rng)
+        picture = to_low_resolution(picture, rng)
     downsample = spec.image_height / picture.height
     seen = visibility(image.condition, identity, outfit, spec.image_height, downsample)
     caption_rng = _stream(spec, image.pid, _STREAM_CAPTIONS, image.outfit, condition_id, image.index)
@@ -245,7 +244,7 @@ def _render_corpus(spec: CorpusSpec, out_dir: Path, name: str, progress: bool) -
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(spec)
     records: list[dict] = []
-    people: dict[int, tuple[render.Identity, list[render.Outfit]]] = {}
+    people: dict[int, tuple[Identity, list[Outfit]]] = {}
     with tqdm(total=len(plan), desc=f"rendering pretraining corpus {name}", unit="img", disable=not progress) as bar:
         for image in plan:
             if image.pid not in people:
@@ -274,7 +273,7 @@ def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec | str = "demo", prog
     """
     if isinstance(spec, str):
         if spec not in CORPUS_PRESETS:
-            raise ValueError(f"unknown corpus preset {spec!r}; choose one of {sorted(CORPUS_PRESETS)}.")
+            raise ConfigError(f"unknown corpus preset {spec!r}; choose one of {sorted(CORPUS_PRESETS)}.")
         spec = CORPUS_PRESETS[spec]
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -297,6 +296,6 @@ def read_corpus(corpus_dir: str | os.PathLike) -> list[dict]:
     """The manifest records of a rendered corpus, in rendering order."""
     manifest = Path(corpus_dir) / "manifest.jsonl"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} does not exist; render the corpus first with ensure_corpus(root, spec).")
+        raise DataUnavailableError(f"{manifest} does not exist; render the corpus first with ensure_corpus(root, spec).")
     with manifest.open() as handle:
         return [json.loads(line) for line in handle if line.strip()]

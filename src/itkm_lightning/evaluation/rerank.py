@@ -12,7 +12,7 @@ What is computed (N = queries + gallery; ``M`` the N x N matrix ``[[q_q, q_g], [
 3. k-reciprocal sets ``R(i, k1)``, the expansion by ``R(c, round(k1 / 2))`` of every candidate that overlaps
    by more than 2/3, weights ``exp(-R[i, j])`` normalised per row, and the local query expansion over the
    ``k2`` nearest rows: the same steps as the Jaccard distance used for clustering, so the sparse helpers of
-   :mod:`itkm_lightning.clustering` do them here too (only the weights differ: they come from ``R``, not
+   :mod:`itkm_lightning.clustering.neighbourhoods` do them here too (only the weights differ: they come from ``R``, not
    from features).
 4. For every query ``i`` and gallery item ``j``: ``s = sum_k min(V[i, k], V[j, k])`` through an inverted
    index, ``jaccard = 1 - s / (2 - s)`` and the result ``(1 - lambda) * jaccard + lambda * R[i, j]``.
@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from itkm_lightning.clustering import _expanded_neighbourhoods, _local_query_expansion, _per_row, _reciprocal_neighbours
+from itkm_lightning.clustering.neighbourhoods import (
+    _expanded_neighbourhoods,
+    _local_query_expansion,
+    _per_row,
+    _reciprocal_neighbours,
+)
 
 RANK_BLOCK_ELEMENTS = 1 << 24
 """Bounds the (N x column block) float32 arrays of the neighbour search (16 Mi entries: 64 MiB each)."""
