@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -114,3 +115,15 @@ def folder_meta_matches(folder: str | Path, required_file: str, expected: dict) 
     except json.JSONDecodeError:
         return False
     return isinstance(meta, dict) and {key: meta.get(key) for key in expected} == expected
+
+
+def read_csv_table(path: str | Path, columns: tuple[str, ...], fix: str) -> list[dict[str, str]]:
+    """The rows of a CSV file the project wrote, after checking that its header is ``columns`` (else a
+    ``DataFormatError`` naming ``fix``)."""
+    from itkm_lightning.errors import DataFormatError
+
+    with Path(path).open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != columns:
+            raise DataFormatError(f"{path} has columns {reader.fieldnames}, expected {list(columns)}; {fix}")
+        return list(reader)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
 from itkm_lightning.errors import DataFormatError, DataUnavailableError
-from itkm_lightning.fileio import folder_meta_matches, staging_directory
+from itkm_lightning.fileio import folder_meta_matches, read_csv_table, staging_directory
 from itkm_lightning.synthetic.modalities import make_infrared_lut, to_low_resolution
 from itkm_lightning.synthetic.render import render_person
 from itkm_lightning.synthetic.spec import (
@@ -188,14 +188,7 @@ def read_manifest(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
         raise DataUnavailableError(
             f"{manifest} does not exist; generate the dataset first with ensure_synthetic(root, spec)."
         )
-    with manifest.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
-            raise DataFormatError(
-                f"{manifest} has columns {reader.fieldnames}, expected {list(MANIFEST_COLUMNS)}; "
-                "regenerate it."
-            )
-        return list(reader)
+    return read_csv_table(manifest, MANIFEST_COLUMNS, "regenerate it.")
 
 
 def load_synthetic(dataset_dir: str | os.PathLike) -> dict[str, BenchmarkSplit]:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from itkm_lightning.data.datasets.common import list_images, relative_key, require_dir
 from itkm_lightning.errors import ConfigError, DataFormatError, DataUnavailableError
-from itkm_lightning.fileio import atomic_write, atomic_write_text
+from itkm_lightning.fileio import atomic_write, atomic_write_text, read_csv_table
 
 HIGH_RES, LOW_RES = 0, 1
 """The manifest's ``group`` column: high-resolution (gallery, HR cameras) and low-resolution images."""
@@ -91,17 +91,11 @@ class ManifestRow:
 
 def read_mlr_manifest(path: Path) -> list[ManifestRow]:
     """Rows of an mlr-v1 ``manifest.csv``; a wrong header is a ValueError."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != MLR_MANIFEST_COLUMNS:
-            raise DataFormatError(
-                f"{path} has columns {reader.fieldnames}, expected {list(MLR_MANIFEST_COLUMNS)}; "
-                "rebuild it with `itkm prepare mlr`"
-            )
-        try:
-            return [ManifestRow.from_csv(row) for row in reader]
-        except (KeyError, TypeError, ValueError) as err:
-            raise DataFormatError(f"{path} has a malformed row ({err}); rebuild it with `itkm prepare mlr`") from err
+    rows = read_csv_table(path, MLR_MANIFEST_COLUMNS, "rebuild it with `itkm prepare mlr`")
+    try:
+        return [ManifestRow.from_csv(row) for row in rows]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataFormatError(f"{path} has a malformed row ({err}); rebuild it with `itkm prepare mlr`") from err
 
 
 # ============================================================================= the plan
