@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
+import lightning.pytorch  # noqa: E402,F401 - before any test captures stderr: its log handler keeps the first stream
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

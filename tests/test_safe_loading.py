@@ -136,3 +136,25 @@ def test_source_class_refuses_anything_but_a_dataset_source():
         source_class("subprocess.run")
     with pytest.raises(ValueError, match="cannot be imported"):
         source_class("itkm_lightning.data.SynteticBenchmark")
+
+
+def test_a_file_from_before_the_reorganisation_names_the_fix(tmp_path, monkeypatch):
+    """A hand-over pickling a project class under a module path that no longer exists (``models.clip``, split in
+    issue 16) is refused with the fix (a new run directory), not called foreign code; nothing is loaded."""
+    import sys
+    import types
+
+    from itkm_lightning import safe_load
+
+    class Old:  # pickled under the old dotted path, which exists only while the file is written
+        pass
+
+    Old.__module__, Old.__qualname__ = "itkm_lightning.models.clip", "BackboneConfig"
+    path = tmp_path / "handoff.pt"
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "itkm_lightning.models.clip", types.SimpleNamespace(BackboneConfig=Old))
+        torch.save({"backbone": Old()}, path)
+    with pytest.raises(safe_load.UnsafeFileError,
+                       match=r"older itkm-lightning \(itkm_lightning\.models\.clip\.BackboneConfig no longer exists\)"
+                             r".*new --run_dir"):
+        safe_load.load(path, what="hand-over")

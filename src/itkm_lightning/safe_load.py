@@ -52,6 +52,17 @@ def _refused_global(err: BaseException) -> str | None:
     return "a non-data object" if "Weights only load failed" in str(err) else None
 
 
+def _project_name_exists(dotted: str) -> bool:
+    """``itkm_lightning.<module>.<name>`` names something in this installation (importing our own package)."""
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except ImportError:
+        return False
+
+
 def load(path: str | Path, *, what: str = "file", fix: str = "", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; one-line errors that name the file and ``fix``."""
     register_safe_types()
@@ -65,6 +76,13 @@ def load(path: str | Path, *, what: str = "file", fix: str = "", mmap: bool = Fa
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for damaged files
         refused = _refused_global(err)
+        if refused is not None and refused.startswith("itkm_lightning.") and not _project_name_exists(refused):
+            # One of our config classes under a module path this version no longer has (the code was
+            # reorganised): refused like any other name, with the fix that applies.
+            raise UnsafeFileError(
+                f"{what} {path} was written by an older itkm-lightning ({refused} no longer exists) and is not "
+                f"loaded (nothing was run); start the run again in a new --run_dir{'; ' + fix if fix else ''}"
+            ) from None
         if refused is not None:
             raise UnsafeFileError(
                 f"{what} {path} was refused: it contains {refused}, which is code, not data (nothing was run). "
