@@ -4,6 +4,7 @@ imports follow its layers, the import graph has no cycle, and a module over 400 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -17,11 +18,13 @@ LONG = DESIGN[DESIGN.index("### Long modules"):DESIGN.index("### What is still w
 MAX_LINES = 400
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
     """``path/under/package.py`` -> file, package ``__init__`` files left out (they only re-export)."""
     return {p.relative_to(PACKAGE).as_posix(): p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "__init__.py"}
 
 
+@functools.cache
 def layers() -> dict[str, int]:
     """Each module named in the map -> the index of its group (the bold headings, top to bottom)."""
     groups = re.split(r"\n\*\*[^*\n]+\*\*", MAP)[1:]
@@ -35,7 +38,8 @@ def layers() -> dict[str, int]:
     return named
 
 
-def imported_modules(path: Path) -> set[str]:
+@functools.cache
+def imported_modules(path: Path) -> frozenset[str]:
     """The project modules ``path`` imports, at any depth (function-level imports are dependencies too)."""
     found = set()
     known = modules()
@@ -59,7 +63,7 @@ def imported_modules(path: Path) -> set[str]:
                 found.add("/".join(parts) + ".py")
             elif parts and (PACKAGE / "/".join(parts)).is_dir():
                 found.add("/".join(parts) + "/__init__.py")
-    return found
+    return frozenset(found)
 
 
 def test_every_module_named_in_the_map_exists():

@@ -158,3 +158,26 @@ def test_a_file_from_before_the_reorganisation_names_the_fix(tmp_path, monkeypat
                        match=r"older itkm-lightning \(itkm_lightning\.models\.clip\.BackboneConfig no longer exists\)"
                              r".*new --run_dir"):
         safe_load.load(path, what="hand-over")
+
+
+def test_a_refused_project_name_is_looked_up_without_importing_it(tmp_path, monkeypatch):
+    """Telling an old project class from foreign code must not import the module the file names:
+    ``itkm_lightning.__main__`` would run the CLI."""
+    import sys
+    import types
+
+    from itkm_lightning import safe_load
+
+    class Named:
+        pass
+
+    Named.__module__, Named.__qualname__ = "itkm_lightning.__main__", "Anything"
+    path = tmp_path / "handoff.pt"
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "itkm_lightning.__main__", types.SimpleNamespace(Anything=Named))
+        torch.save({"x": Named()}, path)
+    monkeypatch.delitem(sys.modules, "itkm_lightning.__main__", raising=False)
+    with pytest.raises(safe_load.UnsafeFileError, match="was refused: it contains itkm_lightning.__main__.Anything"):
+        safe_load.load(path, what="hand-over")
+    assert "itkm_lightning.__main__" not in sys.modules  # looked up on disk, not imported (that would run main())
+

@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.backbone_config import BackboneConfig

@@ -12,6 +12,8 @@ from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
 
+from itkm_lightning.errors import DataFormatError
+
 
 def current_umask() -> int:
     mask = os.umask(0)
@@ -120,8 +122,6 @@ def folder_meta_matches(folder: str | Path, required_file: str, expected: dict) 
 def read_csv_table(path: str | Path, columns: tuple[str, ...], fix: str) -> list[dict[str, str]]:
     """The rows of a CSV file the project wrote, after checking that its header is ``columns`` (else a
     ``DataFormatError`` naming ``fix``)."""
-    from itkm_lightning.errors import DataFormatError
-
     with Path(path).open(newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != columns:

@@ -52,15 +52,17 @@ def _refused_global(err: BaseException) -> str | None:
     return "a non-data object" if "Weights only load failed" in str(err) else None
 
 
-def _project_name_exists(dotted: str) -> bool:
-    """``itkm_lightning.<module>.<name>`` names something in this installation (importing our own package)."""
-    import importlib
+def _project_module_exists(dotted: str) -> bool:
+    """The module part of ``itkm_lightning.<module path>.<name>`` is a file of this installation.
 
-    module, _, name = dotted.rpartition(".")
-    try:
-        return hasattr(importlib.import_module(module), name)
-    except ImportError:
+    Looked up on disk, never imported: the name comes from the refused file, and importing a module it
+    names (``itkm_lightning.__main__`` runs the CLI) would run code because of that file.
+    """
+    parts = dotted.split(".")[1:-1]
+    if not all(part.isidentifier() for part in parts):
         return False
+    path = Path(__file__).resolve().parent.joinpath(*parts)
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def load(path: str | Path, *, what: str = "file", fix: str = "", mmap: bool = False) -> Any:
@@ -76,9 +78,9 @@ def load(path: str | Path, *, what: str = "file", fix: str = "", mmap: bool = Fa
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors, ... for damaged files
         refused = _refused_global(err)
-        if refused is not None and refused.startswith("itkm_lightning.") and not _project_name_exists(refused):
-            # One of our config classes under a module path this version no longer has (the code was
-            # reorganised): refused like any other name, with the fix that applies.
+        if refused is not None and refused.startswith("itkm_lightning.") and not _project_module_exists(refused):
+            # A project class under a module this version no longer has (the code was reorganised):
+            # refused like any other name, with the fix that applies.
             raise UnsafeFileError(
                 f"{what} {path} was written by an older itkm-lightning ({refused} no longer exists) and is not "
                 f"loaded (nothing was run); start the run again in a new --run_dir{'; ' + fix if fix else ''}"
