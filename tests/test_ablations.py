@@ -6,12 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from conftest import TINY_BACKBONE
 from itkm_lightning.command import main
+from itkm_lightning.config import CHMConfig
+from itkm_lightning.matching import topk_other
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.stages.stage1 import Stage1
 from itkm_lightning.stages.stage3 import Stage3
@@ -21,13 +26,22 @@ from test_stage3_fit import CLUSTERING, OPTIM, fake_handoffs, make_datamodule
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = sorted((REPO / "conf" / "ablations").glob("*.yaml"))
 STAGE3_TERMS = {"no_chm": "chm", "no_ihm": "ihm"}  # overlay -> the Stage III loss term it removes
-BEHAVIOUR_TESTED = {*STAGE3_TERMS, "no_dru", "no_separation", "no_scenario_embedding", "no_dual_branch"}
+BEHAVIOUR_TESTED = {*STAGE3_TERMS, "no_dru", "no_text", "no_separation", "no_scenario_embedding", "no_dual_branch"}
 
 
 def overlay(name: str) -> tuple[str, dict]:
     """The overlay's one section and its values (the keys are that section's constructor arguments)."""
     ((section, values),) = yaml.safe_load((REPO / "conf" / "ablations" / f"{name}.yaml").read_text()).items()
     return section, values
+
+
+def stage3_switches(name: str) -> dict:
+    """A Stage III overlay's values as the stage receives them from the parser (typed nested sections)."""
+    section, values = overlay(name)
+    assert section == "stage3"
+    if "chm_matching" in values:
+        values = {**values, "chm_matching": CHMConfig(**values["chm_matching"])}
+    return values
 
 
 def test_every_overlay_has_a_behaviour_test():
@@ -144,6 +158,47 @@ def test_no_dru_keeps_the_instance_text_and_so_the_text_loss(stage3_setup):
     assert not torch.allclose(with_dru[2].prototypes, without[2].prototypes)
     txt = [train_step(model, batch)[1]["train/loss_txt"] for model in (with_dru[2], without[2])]
     assert txt[0] != pytest.approx(txt[1], rel=1e-6)
+
+
+def with_other_text(setup):
+    """The same set-up with Stage II's text features replaced by unrelated ones."""
+    dm, handoffs, *rest = setup
+    text = handoffs["stage2"].text_features
+    other = F.normalize(torch.randn(text.shape, generator=torch.Generator().manual_seed(7)), dim=1)
+    return (dm, {**handoffs, "stage2": dataclasses.replace(handoffs["stage2"], text_features=other)}, *rest)
+
+
+def test_no_text_makes_stage3_independent_of_stage2s_text(stage3_setup):
+    """Without Stage II's text, what Stage III trains on (loss, IHM sets, CHM partners, gradients) is the same
+    whatever text Stage II learnt; the full method's is not."""
+    batch = stage3_setup[4]
+    switches = stage3_switches("no_text")
+    setups = (stage3_setup, with_other_text(stage3_setup))
+    full = [relabelled(setup, rounds=2) for setup in setups]
+    ablated = [relabelled(setup, rounds=2, **switches) for setup in setups]
+    full_steps = [train_step(model, batch) for model in full]
+    ablated_steps = [train_step(model, batch) for model in ablated]
+    assert float(full_steps[0][0].detach()) != pytest.approx(float(full_steps[1][0].detach()), rel=1e-6)
+    assert not torch.equal(full[0].ihm_positives, full[1].ihm_positives)
+    assert "train/loss_txt" not in ablated_steps[0][1] and "train/loss_ihm" in ablated_steps[0][1]
+    assert ablated_steps[0][1] == ablated_steps[1][1]
+    for name in ("ihm_positives", "chm_partner"):
+        assert torch.equal(getattr(ablated[0], name), getattr(ablated[1], name)), name
+    assert torch.equal(encoder_gradient(ablated[0], ablated_steps[0][0]),
+                       encoder_gradient(ablated[1], ablated_steps[1][0]))
+
+
+def test_no_text_ihm_sets_are_the_image_top_k(stage3_setup):
+    """Each IHM set is the instance's image-space top-k in the other group of its scenario, in similarity order."""
+    model = relabelled(stage3_setup, **stage3_switches("no_text"))
+    blocks = model.instance_blocks
+    for block in blocks.unique().tolist():
+        other = int(model.other_block[block])
+        if other < 0:
+            continue
+        rows, cand = torch.nonzero(blocks == block).flatten(), torch.nonzero(blocks == other).flatten()
+        top = topk_other(model.instance_memory[rows], model.instance_memory[cand], model.ihm_k)
+        assert torch.equal(model.ihm_positives[rows, : top.shape[1]], cand[top])
 
 
 # ------------------------------------------------------------------ Stage II: separation hinge

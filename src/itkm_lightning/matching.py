@@ -134,7 +134,7 @@ def _topk_chunked(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tu
 
 def instance_positives(
     image_features: torch.Tensor,
-    text_features: torch.Tensor,
+    text_features: torch.Tensor | None,
     blocks: torch.Tensor,
     other_block: torch.Tensor,
     k: int = 10,
@@ -146,11 +146,12 @@ def instance_positives(
     the same scenario; -1 = none); positives are the candidates among both its image-space top-k and its
     text-space top-k. The text top-k holds every candidate tied with the k-th: the instance text ``u`` is
     the same for every member of a cluster (Stage II's initialisation, DRU), so a whole cluster of the
-    other group ties, and cutting through the tie by index would keep an arbitrary part of it.
+    other group ties, and cutting through the tie by index would keep an arbitrary part of it. Without text
+    (``text_features`` None: the ``no_text`` ablation) the positives are the image-space top-k alone.
 
     Args:
         image_features: [N, D] L2-normalised image features.
-        text_features: [N, P] L2-normalised instance-level text ``u``.
+        text_features: [N, P] L2-normalised instance-level text ``u``, or None for image neighbours alone.
         blocks: [N] block of each instance.
         other_block: [num_blocks] the paired block of each block, -1 if the scenario lacks it.
         k: neighbours searched in each space.
@@ -169,6 +170,9 @@ def instance_positives(
         if cand.numel() == 0:
             continue
         by_image = topk_other(image_features[rows], image_features[cand], k)
+        if text_features is None:
+            out[rows, : by_image.shape[1]] = cand[by_image]
+            continue
         query_text = text_features[rows]
         kth = kth_similarity(query_text, text_features[cand], k)
         text_sim = torch.empty(by_image.shape, dtype=query_text.dtype, device=query_text.device)

@@ -68,6 +68,8 @@ class Stage3(ClusteringStage):
         ihm: use L_ihm (instance-level matching).
         ihm_weight: lambda_ihm.
         ihm_k: neighbours searched in image and in text space.
+        ihm_text: IHM keeps the image neighbours that are also text neighbours (off: the image top-k alone, so
+            IHM reads nothing of Stage II; with ``txt`` off too, Stage III uses no text: the ``no_text`` ablation).
         txt: use L_txt (trains ``visual_projection`` too; off: the projection is frozen).
         txt_weight: lambda_txt.
         txt_label_smoothing: eps of the label-smoothed L_txt (CLIP-ReID's and CCLNet's 0.1; 0 = plain
@@ -96,6 +98,7 @@ class Stage3(ClusteringStage):
         ihm: bool = True,
         ihm_weight: float = 1.0,
         ihm_k: int = 10,
+        ihm_text: bool = True,
         txt: bool = True,
         txt_weight: float = 1.0,
         txt_label_smoothing: float = 0.1,
@@ -119,7 +122,7 @@ class Stage3(ClusteringStage):
         self.instance_momentum = instance_momentum
         self.dru, self.dru_alpha = dru, dru_alpha
         self.chm, self.chm_weight, self.chm_matching = chm, chm_weight, chm_matching
-        self.ihm, self.ihm_weight, self.ihm_k = ihm, ihm_weight, ihm_k
+        self.ihm, self.ihm_weight, self.ihm_k, self.ihm_text = ihm, ihm_weight, ihm_k, ihm_text
         self.txt, self.txt_weight, self.txt_label_smoothing = txt, txt_weight, txt_label_smoothing
         if not txt:
             self.encoder.visual_projection.requires_grad_(False)  # nothing reads v (and DDP sees no unused param)
@@ -215,7 +218,8 @@ class Stage3(ClusteringStage):
             u = update_instance_text(u, labels, prototypes, self.dru_alpha)
         partner = self._match_clusters(prototypes)
         if self.ihm:
-            positives = instance_positives(features, u, self.instance_blocks, self.other_block, self.ihm_k)
+            positives = instance_positives(features, u if self.ihm_text else None, self.instance_blocks,
+                                           self.other_block, self.ihm_k)
         else:
             positives = torch.full((len(labels), self.ihm_k), -1, dtype=torch.long, device=self.device)
         return {"instance_text": u.cpu(), "prototypes": prototypes.cpu(), "chm_partner": partner.cpu(),
