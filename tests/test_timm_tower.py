@@ -136,6 +136,28 @@ def test_input_is_mapped_from_clip_to_the_networks_normalisation():
     assert torch.allclose(ours, direct, atol=1e-5)
 
 
+def test_channels_last_layout_changes_speed_not_features(tmp_path):
+    """The tower runs its convolutions channels-last; its features are the contiguous network's (float rounding),
+    and a saved state dict loads into a fresh tower to the same outputs."""
+    encoder = TimmImageEncoder(timm_config(num_scenarios=2)).eval()
+    assert encoder.stems[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    contiguous = TimmImageEncoder(timm_config(num_scenarios=2)).eval()
+    for module in (contiguous.stems, contiguous.body):
+        module.to(memory_format=torch.contiguous_format)
+    contiguous.load_state_dict(encoder.state_dict())
+    contiguous._renormalise = lambda x: x * contiguous.input_scale + contiguous.input_shift  # the layout as given
+    x, group = inputs(), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        ours, plain = encoder(x, zeros(), group).f, contiguous(x, zeros(), group).f
+    assert not contiguous.stems[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5)
+    torch.save(encoder.state_dict(), tmp_path / "state.pt")
+    reloaded = TimmImageEncoder(timm_config(num_scenarios=2), load_weights=False).eval()
+    reloaded.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(reloaded(x, zeros(), group).f, ours)
+
+
 def test_scenario_embedding_is_a_channel_offset_on_the_stem_output():
     encoder = TimmImageEncoder(timm_config(num_scenarios=3)).eval()
     x = inputs()

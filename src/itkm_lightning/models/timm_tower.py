@@ -199,6 +199,11 @@ class TimmImageEncoder(ImageTower):
         bound = 1.0 / dim ** 0.5  # nn.Linear's default range, drawn from a fixed seed
         with torch.no_grad():
             self.visual_projection.weight.copy_(torch.rand(cfg.projection_dim, dim, generator=generator) * 2 * bound - bound)
+        # Convolutions in channels-last layout: on the demo's CPU, extraction 1.5x and a training step 1.2x faster
+        # (benchmarks/README.md); features equal the contiguous layout's to float rounding. Loaded state dicts
+        # are copied into these tensors, so checkpoints and hand-overs are unchanged.
+        self.stems.to(memory_format=torch.channels_last)
+        self.body.to(memory_format=torch.channels_last)
 
     @property
     def feature_dim(self) -> int:
@@ -236,7 +241,8 @@ class TimmImageEncoder(ImageTower):
 
     def _renormalise(self, pixel_values: Tensor) -> Tensor:
         dtype = pixel_values.dtype
-        return pixel_values * self.input_scale.to(dtype) + self.input_shift.to(dtype)
+        x = pixel_values * self.input_scale.to(dtype) + self.input_shift.to(dtype)
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _head(self, stem_out: Tensor, scenario: Tensor) -> ImageFeatures:
         if self.scenario_embedding is not None:
