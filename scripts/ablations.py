@@ -130,8 +130,8 @@ def table(root: Path, seeds: list[int], variants: list[str]) -> None:
                 values = [m.get(f"match/{sc}/{key}", float("nan")) for m in matching]
                 values = [v for v in values if not math.isnan(v)]
                 return statistics.fmean(values) if values else float("nan")
-            cells.append(f"{avg('chm_pairs'):.0f} / {avg('chm_precision'):.2f}, "
-                         f"{avg('ihm_size'):.2f} / {avg('ihm_precision'):.2f}")
+            ihm = "-" if math.isnan(avg("ihm_size")) else f"{avg('ihm_size'):.2f} / {avg('ihm_precision'):.2f}"
+            cells.append(f"{avg('chm_pairs'):.0f} / {avg('chm_precision'):.2f}, {ihm}")
         print(f"| {variant} | " + " | ".join(cells) + " |")
 
 

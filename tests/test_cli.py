@@ -81,7 +81,7 @@ def test_module_entry_point_runs():
 
 
 REAL_OVERLAYS = sorted(p.name for p in (REPO / "conf").glob("*.yaml")
-                       if p.stem not in ("ums", "demo", "demo_tiny_clip", "smoke") and not p.stem.startswith(("pretrain", "real_")))
+                       if p.stem not in ("ums", "smoke") and not p.stem.startswith(("demo", "pretrain", "real_")))
 # real_*.yaml name their own data folder (outside data.root): tests/test_timm_pipeline.py checks them.
 
 

@@ -199,7 +199,7 @@ class TimmImageEncoder(ImageTower):
         bound = 1.0 / dim ** 0.5  # nn.Linear's default range, drawn from a fixed seed
         with torch.no_grad():
             self.visual_projection.weight.copy_(torch.rand(cfg.projection_dim, dim, generator=generator) * 2 * bound - bound)
-        # Convolutions in channels-last layout: on the demo's CPU, extraction 1.5x and a training step 1.2x faster
+        # Convolutions in channels-last layout: on the demo's CPU, extraction and a training step about 1.5x faster
         # (benchmarks/README.md); features equal the contiguous layout's to float rounding. Loaded state dicts
         # are copied into these tensors, so checkpoints and hand-overs are unchanged.
         self.stems.to(memory_format=torch.channels_last)
