@@ -4,9 +4,8 @@ full method's on the same weights and batch."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
