@@ -18,6 +18,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+# as `itkm` does at start-up: the in-process training tests reuse freed activations (host_memory.py)
+from itkm_lightning.host_memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"

@@ -22,6 +22,7 @@ from itkm_lightning.stages.stage1 import Stage1
 @dataclass(eq=False)
 class FakeTextHandoff(Handoff):
     text_features: torch.Tensor
+    cluster_scenario: torch.Tensor  # the run's figures read it, as from the real Stage2Handoff
     labels: torch.Tensor
     epochs_run: list[int]
 
@@ -72,7 +73,7 @@ class FakeStage2(L.LightningModule):
 
     def make_handoff(self, datamodule) -> FakeTextHandoff:
         return FakeTextHandoff(stage="stage2", text_features=F.normalize(self.prompts.detach().cpu(), dim=1),
-                               labels=self.labels.clone(), epochs_run=list(self.epochs_run))
+                               cluster_scenario=torch.zeros(len(self.prompts), dtype=torch.long), labels=self.labels.clone(), epochs_run=list(self.epochs_run))
 
     def extra_results(self) -> dict:
         return {"stage2_text": {"num_clusters": int(self.prompts.shape[0])}}

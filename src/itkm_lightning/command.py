@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     from itkm_lightning.config_files import check_config_files
     from itkm_lightning.errors import reported_as_one_line
+    from itkm_lightning.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # before any tensor: CPU steps reuse freed activations instead of faulting in new pages
 
     tool = argv[0] if argv[0] in TOOLS else None
     with reported_as_one_line(f"itkm {tool}" if tool else "itkm"):
