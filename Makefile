@@ -40,11 +40,14 @@ demo-real: $(STAMP)
 	$(BIN)/itkm fit --config conf/real_cuhk03.yaml --run_dir runs/real_cuhk03 \
 		--data.sources '[{"class_path": "itkm_lightning.data.datasets.MLRCUHK03", "init_args": {"path": "$(REAL_OUT)/MLR-CUHK03"}}]'
 
+# Two pytest workers (pytest-xdist), one torch thread each (tests/conftest.py): many tests are single-threaded
+# start-up and I/O, so one process left a core idle (11 min against 7 here). Each worker holds up to ~3 GB.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # Benchmark suite -> benchmarks/results.json + a table (see benchmarks/README.md); about 20 min on 2 cores.
 # Quick run while developing: make bench BENCH_SIZES=10000

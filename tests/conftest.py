@@ -17,7 +17,8 @@ import lightning.pytorch  # noqa: E402,F401 - before any test captures stderr: i
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Two cores: one process uses both; under `pytest -n 2` (make test) each worker takes one.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 # as `itkm` does at start-up: the in-process training tests reuse freed activations (host_memory.py)
 from itkm_lightning.host_memory import keep_freed_memory  # noqa: E402
 

@@ -73,7 +73,8 @@ class FakeStage2(L.LightningModule):
 
     def make_handoff(self, datamodule) -> FakeTextHandoff:
         return FakeTextHandoff(stage="stage2", text_features=F.normalize(self.prompts.detach().cpu(), dim=1),
-                               cluster_scenario=torch.zeros(len(self.prompts), dtype=torch.long), labels=self.labels.clone(), epochs_run=list(self.epochs_run))
+                               cluster_scenario=torch.zeros(len(self.prompts), dtype=torch.long),
+                               labels=self.labels.clone(), epochs_run=list(self.epochs_run))
 
     def extra_results(self) -> dict:
         return {"stage2_text": {"num_clusters": int(self.prompts.shape[0])}}

@@ -1,9 +1,10 @@
 """Host memory: keep freed blocks in the C heap, so that a CPU training step does not fault in fresh pages.
 
 glibc serves every allocation above its mmap threshold (adaptive, at most 32 MB) with a new ``mmap`` and hands
-it back to the kernel on ``free``. A CNN step on CPU allocates activations of 50-150 MB (MobileNetV2, 192 crops
-of 128x64) afresh each time, and the kernel zeroes each 4 KB page on first touch: in the demo that was 27% of
-all CPU time, and 43% of a Stage III process's, all of it system time (benchmarks/README.md, "Host memory").
+it back to the kernel on ``free``. MobileNetV2 at 128x64 allocates activations of up to 50 MB in a training step
+of 64 crops and up to 200 MB in an extraction batch of 256, afresh each time, and the kernel zeroes each 4 KB
+page on first touch: in the demo that was 27% of all CPU time, and 43% of a Stage III process's, all of it
+system time (benchmarks/README.md, "Host memory").
 Allocating from the heap alone, without trimming it, lets the next step reuse the same blocks.
 
 Why a library call and not jemalloc or tcmalloc, which PyTorch's CPU guide suggests: those are system packages
