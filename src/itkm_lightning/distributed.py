@@ -26,6 +26,14 @@ def all_gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
 
 
+def on_every_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``flag`` is true on every rank (a collective: every rank calls it)."""
+    if not is_distributed():
+        return flag
+    flags = all_gather_variable(torch.tensor([int(flag)], device=device))
+    return bool(flags.min().item() == 1)
+
+
 def broadcast_tensor(tensor: torch.Tensor | None, src: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
     """Send rank ``src``'s tensor (shape unknown to the others) to every rank."""
     if not is_distributed():

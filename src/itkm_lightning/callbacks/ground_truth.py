@@ -42,7 +42,7 @@ class GroundTruthLabelCallback(L.Callback):
         labels = ground_truth_labels(dm.train_samples)
         dm.set_pseudo_labels(labels, sampler_blocks=dm.scenario_of_index, mix_groups=True)
         if pl_module.memory.num_clusters == 0:
-            features = pl_module.extract(dm.cluster_dataloader())
+            features = pl_module.training_set_features(dm)
             device = pl_module.device
             pl_module.memory.reset(features.to(device), torch.from_numpy(labels).to(device),
                                    torch.from_numpy(dm.scenario_of_index).to(device))

@@ -84,7 +84,7 @@ class HeterogeneousMatchingCallback(PseudoLabelCallback):
         resumed = self.labels is not None and len(self.labels) == len(dm.train_samples)
         super().on_fit_start(trainer, pl_module)
         if resumed:  # labels, text and matches come from the checkpoint; only the instance memory is rebuilt
-            pl_module.refresh_instance_memory(pl_module.extract(dm.cluster_dataloader()))
+            pl_module.refresh_instance_memory(pl_module.training_set_features(dm))
 
     def after_relabel(self, trainer: L.Trainer, pl_module: L.LightningModule, labels: np.ndarray,
                       features: torch.Tensor) -> None:
@@ -94,7 +94,7 @@ class HeterogeneousMatchingCallback(PseudoLabelCallback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        features = pl_module.extract(dm.cluster_dataloader())
+        features = pl_module.training_set_features(dm)
         pl_module.final_labels = torch.from_numpy(
             cluster_blocks_distributed(features, dm.block_of_index, self.cfg, device=pl_module.device))
         final = pl_module.final_labels

@@ -66,13 +66,15 @@ class PseudoLabelCallback(L.Callback):
         dm = trainer.datamodule
         when = "fit start" if trainer.global_step == 0 else f"after epoch {trainer.current_epoch}"
         start = time.perf_counter()
-        features = pl_module.extract(dm.cluster_dataloader())  # every rank: all features, dataset order
+        features = pl_module.training_set_features(dm)  # every rank: all features, dataset order
         extracted = time.perf_counter() - start
         labels = cluster_blocks_distributed(features, dm.block_of_index, self.cfg, device=pl_module.device)
         stats = self._log_quality(trainer, labels)
         rank_zero_info(
-            f"pseudo-labels ({when}): extracted {len(features)} features in {extracted:.1f}s, "
-            f"clustered in {time.perf_counter() - start - extracted:.1f}s; "
+            f"pseudo-labels ({when}): "
+            + (f"reused the {len(features)} features of the same weights, " if pl_module.features_reused else
+               f"extracted {len(features)} features in {extracted:.1f}s, ")
+            + f"clustered in {time.perf_counter() - start - extracted:.1f}s; "
             + "; ".join(f"{k}: {v['num_clusters']} clusters, {v['num_outliers']} outliers"
                         + (f", ARI {v['ari']:.2f}" if "ari" in v else f", mean size {v['mean_cluster_size']:.1f}")
                         for k, v in stats.items())
@@ -132,7 +134,7 @@ class PseudoLabelCallback(L.Callback):
         dm.set_pseudo_labels(labels)
         if recompute_memory:
             if features is None:
-                features = pl_module.extract(dm.cluster_dataloader())
+                features = pl_module.training_set_features(dm)
             blocks = torch.from_numpy(dm.block_of_index)
             pl_module.memory.reset(features.to(pl_module.device), torch.from_numpy(labels).to(pl_module.device),
                                    blocks.to(pl_module.device))

@@ -21,6 +21,7 @@ from itkm_lightning.data.schema import SCENARIOS, BenchmarkSplit, Sample
 from itkm_lightning.data.sources import DatasetSource
 from itkm_lightning.data.transforms import test_transform, train_transform
 from itkm_lightning.errors import ConfigError
+from itkm_lightning.feature_cache import FeatureCache
 from itkm_lightning.seeding import epoch_seed
 
 
@@ -118,6 +119,9 @@ class ReIDDataModule(L.LightningDataModule):
         self.pseudo_labels: np.ndarray | None = None
         self.sampler_blocks: np.ndarray | None = None  # what the P x K sampler draws round-robin over
         self.mix_groups = False  # draw each label's K instances from both groups alike
+        # Training-set features by exact weights: a later stage that starts from weights already extracted
+        # reuses them (feature_cache.py).
+        self.feature_cache = FeatureCache()
 
     # ----------------------------------------------------------------- set-up
     def prepare_data(self) -> None:

@@ -15,9 +15,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from itkm_lightning.config import OptimConfig
-from itkm_lightning.distributed import all_gather_variable
+from itkm_lightning.distributed import all_gather_variable, on_every_rank
 from itkm_lightning.errors import ConfigError
 from itkm_lightning.evaluation.benchmark import evaluate_benchmark
+from itkm_lightning.feature_cache import feature_key
 from itkm_lightning.models.backbone import build_image_encoder
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.lr_schedule import warmup_scheduler
@@ -65,6 +66,7 @@ class ReIDStage(L.LightningModule):
         self.rerank = None  # a RerankConfig from the run's ``evaluation.rerank`` (set by the CLI/pipeline)
         self.benchmark_results_step = -1
         self._val_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.features_reused = False  # the last training_set_features came from the feature cache
 
     # ---------------------------------------------------------------- features
     def clustering_features(self, batch: dict) -> torch.Tensor:
@@ -103,9 +105,31 @@ class ReIDStage(L.LightningModule):
         return out.cpu()
 
     @torch.no_grad()
-    def extract_after_fit(self, loader: DataLoader) -> torch.Tensor:
-        """``extract`` once ``trainer.fit`` has returned: Lightning has moved the module to the CPU by then, so
-        it goes back to the trainer's device (and precision) for the extraction and returns to the CPU after."""
+    def training_set_features(self, datamodule: L.LightningDataModule) -> torch.Tensor:
+        """Clustering features of ``datamodule``'s training set in dataset order (CPU), like ``extract`` of its
+        ``cluster_dataloader()``; a pass this run made before with bit-identical weights comes from the
+        datamodule's ``feature_cache`` instead (feature_cache.py). ``features_reused`` says which it was."""
+        cache = getattr(datamodule, "feature_cache", None)
+        key = None
+        if cache is not None:
+            key = feature_key(self.encoder, type(self).clustering_features, datamodule.train_samples,
+                              self.device.type)
+            features = cache.get(key)
+            # Every rank holds the same weights, so all hit or all miss; checked all the same, because a rank
+            # that extracted alone would wait forever in the gather.
+            if on_every_rank(features is not None, self.device):
+                self.features_reused = True
+                return features
+        self.features_reused = False
+        features = self.extract(datamodule.cluster_dataloader())
+        if cache is not None:
+            cache.put(key, features)
+        return features
+
+    @torch.no_grad()
+    def training_set_features_after_fit(self, datamodule: L.LightningDataModule) -> torch.Tensor:
+        """``training_set_features`` once ``trainer.fit`` has returned: Lightning has moved the module to the CPU
+        by then, so it goes back to the trainer's device (and precision) and returns to the CPU after."""
         trainer = self._trainer
         device = trainer.strategy.root_device if trainer is not None else self.device
         precision = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
@@ -113,7 +137,7 @@ class ReIDStage(L.LightningModule):
         self.to(device)
         try:
             with precision:
-                return self.extract(loader)
+                return self.training_set_features(datamodule)
         finally:
             self.to(home)
 

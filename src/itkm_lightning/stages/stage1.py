@@ -68,7 +68,7 @@ class Stage1(ClusteringStage):
         """
         from itkm_lightning.clustering.blocks import EmptyClusteringError, cluster_blocks_distributed
 
-        features = self.extract_after_fit(datamodule.cluster_dataloader())
+        features = self.training_set_features_after_fit(datamodule)
         labels = torch.from_numpy(cluster_blocks_distributed(features, datamodule.block_of_index, self.clustering,
                                                              device=self.device)).long().cpu()
         if not bool((labels >= 0).any()):
