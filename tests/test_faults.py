@@ -49,7 +49,8 @@ def fake_run(tmp_path, block_sizes):
     trainer = FakeTrainer(datamodule=dm, is_global_zero=True, logger=None, loggers=[], global_step=12, current_epoch=3,
                           checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path / "checkpoints")), saved=[])
     memory = SimpleNamespace(reset=lambda *a: None)
-    module = SimpleNamespace(extract=lambda loader: torch.zeros(len(samples), 4), memory=memory, device="cpu")
+    module = SimpleNamespace(training_set_features=lambda dm: torch.zeros(len(samples), 4), features_reused=False,
+                             memory=memory, device="cpu")
     return trainer, module
 
 
