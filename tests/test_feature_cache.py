@@ -16,12 +16,8 @@ from itkm_lightning.stages.supervised import SupervisedStage1
 
 
 @pytest.fixture(scope="module")
-def dm(tmp_path_factory):
-    from itkm_lightning.data.sources import SyntheticBenchmark
-
-    root = tmp_path_factory.mktemp("data")
-    SyntheticBenchmark(preset="tiny", seed=0).prepare(root)
-    return make_datamodule(root)
+def dm(synthetic_root):
+    return make_datamodule(synthetic_root)
 
 
 def count_passes(module) -> list[int]:

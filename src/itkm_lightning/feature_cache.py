@@ -22,7 +22,8 @@ import torch
 if TYPE_CHECKING:
     from itkm_lightning.data.schema import Sample
 
-# Every entry of the demo is 4,800 x 1,280 floats (25 MB); a SYSU-MM01 pass of a ViT-B/16 is 22k x 768 (68 MB).
+# Sizes from the shapes: an entry of the demo is 4,800 x 1,280 floats (25 MB); SYSU-MM01 through a ViT-B/16,
+# 22k x 768 (68 MB).
 DEFAULT_MAX_BYTES = 1 << 30
 
 
@@ -63,14 +64,12 @@ class FeatureCache:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.hits = 0
 
     def get(self, key: str) -> torch.Tensor | None:
         features = self._entries.get(key)
         if features is None:
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return features.clone()
 
     def put(self, key: str, features: torch.Tensor) -> None:
