@@ -5,7 +5,8 @@
 
 For every seed, ``full`` is the whole demo (``itkm fit --config conf/demo.yaml --seed_everything S``, the
 supervised reference included). Each ablation starts from a copy of the stages it does not change (the full
-run's Stage I, and Stage II where only Stage III changes) and trains the rest with its overlay from
+run's Stage I, and Stage II where only Stage III changes; nothing for the two that change the image tower,
+which retrain Stages I-III and measure their own ``untrained`` row) and trains the rest with its overlay from
 ``conf/ablations/``: ``itkm fit`` skips stages whose hand-over exists, and ``--resume_anyway`` records in the
 run's ``run.json`` that it continued the full run with other settings. The benchmark (``data.sources``) is
 the demo's, seed 0, in every run; the seed changes training only.
@@ -27,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("vi", "cr", "cc")
 # ablation -> the full run's stages it reuses (it changes only the stages after them)
 REUSES = {"no_chm": ("stage1", "stage2"), "no_ihm": ("stage1", "stage2"), "no_dru": ("stage1", "stage2"),
-          "no_text": ("stage1", "stage2"), "no_separation": ("stage1",)}
+          "no_text": ("stage1", "stage2"), "no_separation": ("stage1",),
+          # these change the image tower, so Stages I-III retrain and `untrained` is measured again
+          "no_scenario_embedding": (), "no_dual_branch": ()}
 VARIANTS = ("full", *REUSES)
 
 
@@ -49,7 +52,8 @@ def start_from_full(full: Path, target: Path, stages: tuple[str, ...]) -> None:
         shutil.copytree(full / stage, target / stage, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("checkpoints", "*.ckpt"))
     results = json.loads((full / "results.json").read_text())
-    kept = {k: v for k, v in results.items() if k in ("raw_pixels", "untrained", *stages) or
+    shared = ("raw_pixels", "untrained") if stages else ("raw_pixels",)
+    kept = {k: v for k, v in results.items() if k in (*shared, *stages) or
             any(k.startswith(f"{s}_") for s in stages)}
     (target / "results.json").write_text(json.dumps(kept, indent=2) + "\n")
     shutil.copy2(full / "run.json", target / "run.json")
@@ -103,8 +107,17 @@ def mAP(results: dict, row: str, scenario: str) -> float:
     return results.get(row, {}).get(f"synthetic_{scenario}", {}).get("mAP", float("nan"))
 
 
+def stage3_gaps(runs: list[dict], full: list[dict], scenarios: tuple[str, ...]) -> str:
+    """Per seed, a run's Stage III mAP minus the full method's (averaged over ``scenarios``), in points."""
+    gaps = [100 * statistics.fmean(mAP(r, "stage3", sc) - mAP(f, "stage3", sc) for sc in scenarios)
+            for r, f in zip(runs, full)]
+    return " / ".join("-" if math.isnan(g) else f"{g:+.1f}" for g in gaps)
+
+
 def table(root: Path, seeds: list[int], variants: list[str]) -> None:
     rows = [("full", "untrained"), ("full", "stage1"), *[(v, "stage3") for v in variants], ("full", "supervised")]
+    # a variant that retrains Stage I has its own untrained and Stage I rows
+    rows[2:2] = [(v, row) for v in variants if REUSES.get(v) == () for row in ("untrained", "stage1")]
     print(f"mAP in %, mean ± half range over seeds {', '.join(map(str, seeds))}\n")
     print("| run | row | " + " | ".join(SCENARIOS) + " | mean | mean per seed |")
     print("|---|---|" + "---|" * (len(SCENARIOS) + 2))
@@ -116,6 +129,17 @@ def table(root: Path, seeds: list[int], variants: list[str]) -> None:
         means = [statistics.fmean(mAP(r, row, sc) for sc in SCENARIOS) for r in per_seed]
         seeds_cell = " / ".join(f"{100 * m:.1f}" if not math.isnan(m) else "-" for m in means)
         print(f"| {variant} | {row} | " + " | ".join(cells) + f" | {mean_spread(means)} | {seeds_cell} |")
+    print("\nEach run's Stage III minus the full method's, mAP points per seed "
+          f"({' / '.join(map(str, seeds))})\n")
+    print("| run | " + " | ".join(SCENARIOS) + " | mean |")
+    print("|---|" + "---|" * (len(SCENARIOS) + 1))
+    full = [_results(run_dir(root, s, "full")) for s in seeds]
+    for variant in variants[1:]:
+        runs = [_results(run_dir(root, s, variant)) for s in seeds]
+        if not any("stage3" in r for r in runs):
+            continue
+        cells = [stage3_gaps(runs, full, (sc,)) for sc in SCENARIOS] + [stage3_gaps(runs, full, SCENARIOS)]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
     print("\nStage III's last re-clustering (match/*): CHM pairs / precision, IHM set size / precision, "
           "mean over seeds\n")
     print("| run | " + " | ".join(SCENARIOS) + " |")
@@ -146,21 +170,27 @@ def targets(root: Path, seeds: list[int]) -> None:
     for seed in seeds:
         path = run_dir(root, seed, "full")
         r = _results(path)
-        if not {"untrained", "stage1", "stage3", "supervised", "raw_pixels"} <= set(r):
+        if not {"untrained", "stage1", "stage3", "raw_pixels"} <= set(r):
             continue
+        # a run without the supervised reference (--supervised.enabled false) leaves its columns empty
         get = {row: [100 * mAP(r, row, sc) for sc in SCENARIOS] for row in
                ("raw_pixels", "untrained", "stage1", "stage3", "supervised")}
         mean = {row: statistics.fmean(v) for row, v in get.items()}
-        premise = ", ".join(f"{u:.1f} vs {raw:.1f} ({100 * u / sup:.0f}%)" for u, raw, sup in
+        premise = ", ".join(f"{u:.1f} vs {raw:.1f} ({_number(100 * u / sup, '.0f%')})" for u, raw, sup in
                             zip(get["untrained"], get["raw_pixels"], get["supervised"]))
         closed = [(mean["stage3"] - mean["untrained"]) / (mean["supervised"] - mean["untrained"])] + [
             (s3 - u) / (sup - u) for s3, u, sup in zip(get["stage3"], get["untrained"], get["supervised"])]
         match = last_matching(path)
-        chm = " / ".join(f"{match.get(f'match/{sc}/chm_precision', float('nan')):.2f}" for sc in SCENARIOS)
-        print(f"| {seed} | " + " / ".join(f"{v:.1f}" for v in get["supervised"]) + f" | {premise} | "
+        chm = " / ".join(_number(match.get(f"match/{sc}/chm_precision", math.nan), ".2f") for sc in SCENARIOS)
+        print(f"| {seed} | " + " / ".join(_number(v, ".1f") for v in get["supervised"]) + f" | {premise} | "
               f"{mean['stage1'] - mean['untrained']:+.1f} | "
               + " / ".join(f"{a - b:+.1f}" for a, b in zip(get["stage3"], get["stage1"])) + " | "
-              + " / ".join(f"{100 * c:.0f}%" for c in closed) + f" | {chm} |")
+              + " / ".join(_number(100 * c, ".0f%") for c in closed) + f" | {chm} |")
+
+
+def _number(value: float, spec: str) -> str:
+    """``value`` formatted by ``spec`` (a trailing ``%`` is printed as is), or ``-`` for a missing value."""
+    return "-" if math.isnan(value) else format(value, spec.rstrip("%")) + "%" * spec.endswith("%")
 
 
 def main(argv: list[str] | None = None) -> None:

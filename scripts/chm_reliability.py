@@ -35,6 +35,7 @@ CRITERIA = [  # (name, centred similarity, reliability, threshold, quantile)
     ("centred, threshold 0", True, "threshold", 0.0, 0.5),
     ("centred, none", True, "none", 0.5, 0.5),
     ("centred, mutual NN", True, "mutual", 0.5, 0.5),
+    ("centred, mutual many-to-one", True, "mutual_many", 0.5, 0.5),
     ("centred, quantile 0.5", True, "quantile", 0.5, 0.5),
 ]
 
@@ -105,7 +106,7 @@ def main() -> None:
               f"clusters have their identity among group 1's, mean raw cosine {info['raw_sim_mean']:.3f}")
         for name, r in row.items():
             if name != "_":
-                print(f"  {name:24s} pairs {r['pairs']:4d}  right {r['right']:4d}  precision {r['precision']:.3f}")
+                print(f"  {name:28s} pairs {r['pairs']:4d}  right {r['right']:4d}  precision {r['precision']:.3f}")
     if args.json:
         atomic_write_text(args.json, json.dumps(table, indent=1))
 

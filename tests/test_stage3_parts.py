@@ -64,7 +64,7 @@ def test_reliability_criteria_other_than_the_threshold_ignore_a_global_offset():
     rng = np.random.default_rng(0)
     sim = rng.uniform(-0.2, 0.2, size=(6, 5)) + 0.8 * np.eye(6, 5)  # cluster i of one group is cluster i of the other
     shifted = sim - 0.6  # a gap between the groups lowers every similarity alike
-    for reliability in ("none", "mutual", "quantile"):
+    for reliability in ("none", "mutual", "mutual_many", "quantile"):
         assert pair_set(match_clusters(shifted, reliability=reliability)) == \
             pair_set(match_clusters(sim, reliability=reliability)), reliability
     assert pair_set(match_clusters(sim, reliability="mutual")) == {(i, i) for i in range(5)}
@@ -82,6 +82,24 @@ def test_mutual_neighbours_drop_the_pairs_of_a_hub():
                     [0.7, 0.0, 0.6]])
     assert pair_set(match_clusters(sim, reliability="none")) == {(0, 0), (1, 1), (2, 2)}
     assert pair_set(match_clusters(sim, reliability="mutual")) == {(0, 0)}
+
+
+def test_mutual_many_keeps_one_persons_two_outfits_matched_to_one_clothes_free_view():
+    # rows: person A in outfit 1, A in outfit 2, person B; columns: A's clothes-free view, B's
+    sim = np.array([[0.9, 0.1],
+                    [0.7, 0.2],
+                    [0.1, 0.8]])
+    assert pair_set(match_clusters(sim, reliability="none")) == {(0, 0), (1, 0), (2, 1)}  # round 2 adds (1, 0)
+    assert pair_set(match_clusters(sim, reliability="mutual")) == {(0, 0), (2, 1)}  # one partner per column
+    assert pair_set(match_clusters(sim, reliability="mutual_many")) == {(0, 0), (1, 0), (2, 1)}
+    assert pair_set(match_clusters(sim.T, reliability="mutual_many")) == {(0, 0), (0, 1), (1, 2)}  # sides swapped
+    # round 2 assigns row 1 to column 1, but its nearest is column 0: dropped; row 3 joins row 0 on column 0
+    assert pair_set(match_clusters(np.array([[0.9, 0.1], [0.3, 0.2], [0.1, 0.8], [0.5, 0.0]]),
+                                   reliability="mutual_many")) == {(0, 0), (2, 1), (3, 0)}
+    # one-to-one assignments: the same pairs as mutual nearest neighbours
+    square = np.array([[0.9, 0.8, 0.0], [0.8, 0.7, 0.0], [0.7, 0.0, 0.6]])
+    assert pair_set(match_clusters(square, reliability="mutual_many")) == \
+        pair_set(match_clusters(square, reliability="mutual"))
 
 
 def test_centred_similarity_removes_a_direction_shared_by_one_group():

@@ -64,10 +64,11 @@ class CHMConfig(BaseModel):
     similarity: Literal["cosine", "centred"] = Field(
         "centred", description="cosine of the cluster centroids, or cosine after removing each group's mean "
                                "centroid (a direction shared by one group's features drops out)")
-    reliability: Literal["threshold", "none", "mutual", "quantile"] = Field(
+    reliability: Literal["threshold", "none", "mutual", "mutual_many", "quantile"] = Field(
         "mutual", description="which assigned pairs are kept: similarity >= threshold (docs/method.md); every pair "
-                              "(PGM); pairs of mutual nearest neighbours; similarity >= the quantile of the "
-                              "scenario's assigned pairs")
+                              "(PGM); pairs of mutual nearest neighbours (one partner each); mutual neighbours "
+                              "that keep the many-to-one rounds' extra partners; similarity >= the quantile of "
+                              "the scenario's assigned pairs")
     threshold: float = Field(0.5, ge=-1.0, le=1.0, description="smallest kept similarity (reliability=threshold)")
     quantile: float = Field(0.5, ge=0.0, lt=1.0,
                             description="fraction of the least similar assigned pairs dropped (reliability=quantile)")

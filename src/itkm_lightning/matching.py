@@ -19,7 +19,7 @@ IHM_BLOCK_ELEMENTS = 1 << 25
 TEXT_TIE_TOLERANCE = 1e-5
 
 
-CHM_RELIABILITY = ("threshold", "none", "mutual", "quantile")
+CHM_RELIABILITY = ("threshold", "none", "mutual", "mutual_many", "quantile")
 
 
 def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2, reliability: str = "threshold",
@@ -33,7 +33,12 @@ def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2, rel
 
     * ``threshold``: similarity >= ``threshold`` (docs/method.md's 0.5 on cosine);
     * ``none``: every pair (PGM keeps every Hungarian pair);
-    * ``mutual``: the two clusters are each other's most similar cluster of the other side;
+    * ``mutual``: the two clusters are each other's most similar cluster of the other side (so at most
+      one partner per cluster: the many-to-one rounds keep a pair only where the round-1 pair was dropped);
+    * ``mutual_many``: mutual nearest neighbours counted as many-to-one allows: the larger side's cluster
+      has its partner as its most similar cluster of the other side and is among that partner's ``n`` most
+      similar clusters, ``n`` being how many partners the partner was assigned (equal to ``mutual`` where
+      every assigned pair is one-to-one; one person's two outfits can both keep one clothes-free view);
     * ``quantile``: similarity >= the ``quantile`` of the assigned pairs' similarities (the least similar
       fraction ``quantile`` is dropped).
 
@@ -73,9 +78,21 @@ def match_clusters(sim: np.ndarray, threshold: float = 0.5, rounds: int = 2, rel
         pairs = pairs[pair_sim >= threshold]
     elif reliability == "mutual":
         pairs = pairs[(sim.argmax(axis=1)[pairs[:, 0]] == pairs[:, 1]) & (sim.argmax(axis=0)[pairs[:, 1]] == pairs[:, 0])]
+    elif reliability == "mutual_many":
+        pairs = pairs[_mutual_many(sim, pairs, rows_larger)]
     elif reliability == "quantile":
         pairs = pairs[pair_sim >= np.quantile(pair_sim, quantile)]
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def _mutual_many(sim: np.ndarray, pairs: np.ndarray, rows_larger: bool) -> np.ndarray:
+    """``match_clusters``'s ``mutual_many`` test, a bool per assigned pair (see there)."""
+    by_larger = sim if rows_larger else sim.T  # [larger side, smaller side]
+    large, small = (pairs[:, 0], pairs[:, 1]) if rows_larger else (pairs[:, 1], pairs[:, 0])
+    partners = np.bincount(small, minlength=by_larger.shape[1])
+    nearest = by_larger.argmax(axis=1)[large] == small
+    rank = (by_larger[:, small] > by_larger[large, small]).sum(axis=0)  # 0 = the partner's most similar
+    return nearest & (rank < partners[small])
 
 
 def group_centred_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
