@@ -111,7 +111,7 @@ def stage3_gaps(runs: list[dict], full: list[dict], scenarios: tuple[str, ...]) 
     """Per seed, a run's Stage III mAP minus the full method's (averaged over ``scenarios``), in points."""
     gaps = [100 * statistics.fmean(mAP(r, "stage3", sc) - mAP(f, "stage3", sc) for sc in scenarios)
             for r, f in zip(runs, full)]
-    return " / ".join("-" if math.isnan(g) else f"{g:+.1f}" for g in gaps)
+    return " / ".join(_number(g, "+.1f") for g in gaps)
 
 
 def table(root: Path, seeds: list[int], variants: list[str]) -> None:
@@ -127,7 +127,7 @@ def table(root: Path, seeds: list[int], variants: list[str]) -> None:
             continue
         cells = [mean_spread([mAP(r, row, sc) for r in per_seed]) for sc in SCENARIOS]
         means = [statistics.fmean(mAP(r, row, sc) for sc in SCENARIOS) for r in per_seed]
-        seeds_cell = " / ".join(f"{100 * m:.1f}" if not math.isnan(m) else "-" for m in means)
+        seeds_cell = " / ".join(_number(100 * m, ".1f") for m in means)
         print(f"| {variant} | {row} | " + " | ".join(cells) + f" | {mean_spread(means)} | {seeds_cell} |")
     print("\nEach run's Stage III minus the full method's, mAP points per seed "
           f"({' / '.join(map(str, seeds))})\n")
@@ -176,7 +176,7 @@ def targets(root: Path, seeds: list[int]) -> None:
         get = {row: [100 * mAP(r, row, sc) for sc in SCENARIOS] for row in
                ("raw_pixels", "untrained", "stage1", "stage3", "supervised")}
         mean = {row: statistics.fmean(v) for row, v in get.items()}
-        premise = ", ".join(f"{u:.1f} vs {raw:.1f} ({_number(100 * u / sup, '.0f%')})" for u, raw, sup in
+        premise = ", ".join(f"{u:.1f} vs {raw:.1f} ({_number(100 * u / sup, '.0f', '%')})" for u, raw, sup in
                             zip(get["untrained"], get["raw_pixels"], get["supervised"]))
         closed = [(mean["stage3"] - mean["untrained"]) / (mean["supervised"] - mean["untrained"])] + [
             (s3 - u) / (sup - u) for s3, u, sup in zip(get["stage3"], get["untrained"], get["supervised"])]
@@ -185,12 +185,12 @@ def targets(root: Path, seeds: list[int]) -> None:
         print(f"| {seed} | " + " / ".join(_number(v, ".1f") for v in get["supervised"]) + f" | {premise} | "
               f"{mean['stage1'] - mean['untrained']:+.1f} | "
               + " / ".join(f"{a - b:+.1f}" for a, b in zip(get["stage3"], get["stage1"])) + " | "
-              + " / ".join(_number(100 * c, ".0f%") for c in closed) + f" | {chm} |")
+              + " / ".join(_number(100 * c, ".0f", "%") for c in closed) + f" | {chm} |")
 
 
-def _number(value: float, spec: str) -> str:
-    """``value`` formatted by ``spec`` (a trailing ``%`` is printed as is), or ``-`` for a missing value."""
-    return "-" if math.isnan(value) else format(value, spec.rstrip("%")) + "%" * spec.endswith("%")
+def _number(value: float, spec: str, unit: str = "") -> str:
+    """``value`` formatted by ``spec`` and followed by ``unit``, or ``-`` for a missing (NaN) value."""
+    return "-" if math.isnan(value) else format(value, spec) + unit
 
 
 def main(argv: list[str] | None = None) -> None:
