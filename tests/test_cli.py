@@ -115,3 +115,23 @@ def test_reference_recipe_values_reach_the_composed_configs(capsys):
     assert ums["model"]["clustering"]["eps"] == 0.6 and ums["data"]["visible_grayscale"] == 0.5
     assert ums["stage3"]["init_args"]["txt_label_smoothing"] == 0.1
     assert ums["stage2"]["init_args"]["epoch_covers"] == "images"
+
+
+def test_one_seed_sets_the_batch_order_and_the_prompts_too_unless_they_are_given_their_own(
+        synthetic_root, tmp_path, monkeypatch):
+    """`--seed_everything S` reaches the P x K sampler (`data.seed`) and Stage II's prompt initialisation and
+    sampler (`stage2.seed`); without that, runs "over seeds" would only vary the initialisation."""
+    from itkm_lightning.cli import ITKMCLI
+    from itkm_lightning.fit_config import build_section
+    import lightning as L
+
+    monkeypatch.setattr(sys, "argv", ["itkm"])
+
+    def seeds(run: str, *extra: str) -> tuple[int, int]:
+        cli = ITKMCLI(args=["--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),
+                            "--run_dir", str(tmp_path / run), *extra], run=False)
+        return cli.datamodule.seed, build_section(L.LightningModule, "stage2", cli.config.stage2).seed
+
+    assert seeds("a", "--seed_everything", "3") == (3, 3)
+    assert seeds("b", "--seed_everything", "3", "--data.seed", "5", "--stage2.seed", "0") == (5, 0)
+    assert seeds("c", "--seed_everything", "false") == (0, 0)

@@ -50,6 +50,17 @@ class ITKMCLI(FitConfigCLI):
                 settings["seed_everything"] = True
             self._run_plan = check_run_dir(cfg.run_dir, settings, overwrite=bool(cfg.get("overwrite")),
                                            resume_anyway=bool(cfg.get("resume_anyway")))
+        self._fill_seeds(cfg)  # after the record: it keeps `null`, "follows seed_everything", as a drawn seed needs
+
+    @staticmethod
+    def _fill_seeds(cfg) -> None:
+        """``data.seed`` and ``stage2.seed`` left unset take ``seed_everything``: a run's one seed varies its
+        initialisation, batch order and augmentations alike (Lightning's seed reaches neither sampler)."""
+        seed = cfg.get("seed_everything")
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+        for section in (cfg.get("data"), (cfg.get("stage2") or {}).get("init_args")):
+            if section is not None and "seed" in section and section.seed is None:
+                section.seed = seed
 
     def instantiate_classes(self) -> None:
         self._check_data_sources()

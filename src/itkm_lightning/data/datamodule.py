@@ -55,7 +55,9 @@ class ReIDDataModule(L.LightningDataModule):
             ``fallback`` always uses the parsing-free grey-and-blur band.
         clothes_mask_format: ``binary`` masks (white = clothes, as the synthetic benchmark writes) or
             ``parsing`` label maps (LIP/SCHP class indices under a dataset's ``masks/`` folder).
-        seed: seed of the P x K sampler's stream (shared by all ranks).
+        seed: seed of the P x K sampler's stream (shared by all ranks) and of the augmentations' workers;
+            ``None``: ``itkm fit`` fills in ``seed_everything``, so one seed varies a whole run (0 when the module
+            is built outside it).
         on_unreadable: what an image that cannot be decoded does: ``fail`` stops with its path (at first
             read); ``skip`` decodes every image once at set-up, leaves the unreadable ones out of training
             and evaluation and reports how many (a pass over the data; evaluation then scores fewer images).
@@ -78,7 +80,7 @@ class ReIDDataModule(L.LightningDataModule):
         highres_downsample: float = 0.0,
         clothes_masker: Literal["auto", "mask", "fallback"] = "auto",
         clothes_mask_format: Literal["binary", "parsing"] = "binary",
-        seed: int = 0,
+        seed: int | None = None,
         on_unreadable: Literal["fail", "skip"] = "fail",
         test_sources: list[DatasetSource | str] | None = None,
     ) -> None:
@@ -112,7 +114,7 @@ class ReIDDataModule(L.LightningDataModule):
         self.visible_grayscale = visible_grayscale
         self.highres_downsample = highres_downsample
         self.masker = ClothesMasker(mode=clothes_masker, mask_format=clothes_mask_format)
-        self.seed = seed
+        self.seed = 0 if seed is None else int(seed)
         self.on_unreadable = on_unreadable
         self.benchmarks: list[BenchmarkSplit] = []
         self.train_samples: list[Sample] = []

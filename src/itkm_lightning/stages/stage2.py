@@ -72,7 +72,8 @@ class Stage2(L.LightningModule):
         text_batch_size: prompts encoded at once when computing every cluster's text feature.
         extract_device: device of the one-off image feature extraction (``auto``: this process's GPU if any).
         frozen_seed: seed of the random CLIP when ``backbone.pretrained`` is false (every process builds the same).
-        seed: seed of the prompt initialisation and of the batch sampler.
+        seed: seed of the prompt initialisation and of the batch sampler; ``None``: ``itkm fit`` fills in
+            ``seed_everything`` (0 when the module is built outside it).
     """
 
     stage_name = "stage2"
@@ -104,7 +105,7 @@ class Stage2(L.LightningModule):
         text_batch_size: int = 512,
         extract_device: str = "auto",
         frozen_seed: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         checks = {
@@ -129,6 +130,7 @@ class Stage2(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone"])
         self.hparams["backbone"] = backbone.model_dump(mode="json")
         self.backbone_config = backbone
+        self.seed = 0 if seed is None else int(seed)
         self.text_encoder = CLIPTextEncoder(self._frozen_clip())
         if backbone.kind == "timm" and self.text_encoder.projection_dim != backbone.projection_dim:
             raise ConfigError(
@@ -186,7 +188,7 @@ class Stage2(L.LightningModule):
         block_names = stage1.block_names
         scenario_of_block = torch.tensor([SCENARIOS.index(name) for name, _ in block_names] + [-1])
         cluster_scenario = scenario_of_block[cluster_block]  # index -1 (no member) maps to the appended -1
-        generator = torch.Generator().manual_seed(self.hparams.seed)
+        generator = torch.Generator().manual_seed(self.seed)
         words = torch.randn(num_clusters, *self.prompts.shape[1:], generator=generator) * self.hparams.prompt_init_std
         device = self.prompts.device
         self.prompts = nn.Parameter(words.to(device))
@@ -216,7 +218,7 @@ class Stage2(L.LightningModule):
         hp = self.hparams
         sampler = ScenarioMixingClusterSampler(
             labels.numpy(), self.cluster_scenario.cpu().numpy(), hp.clusters_per_batch, hp.instances_per_cluster,
-            num_batches=hp.iters_per_epoch, seed=hp.seed, cover=hp.epoch_covers,
+            num_batches=hp.iters_per_epoch, seed=self.seed, cover=hp.epoch_covers,
         )
         loader = DataLoader(CachedFeatureDataset(features, labels), batch_size=sampler.batch_size, sampler=sampler,
                             num_workers=0)
