@@ -9,7 +9,8 @@ run's Stage I, and Stage II where only Stage III changes; nothing for the two th
 which retrain Stages I-III and measure their own ``untrained`` row) and trains the rest with its overlay from
 ``conf/ablations/``: ``itkm fit`` skips stages whose hand-over exists, and ``--resume_anyway`` records in the
 run's ``run.json`` that it continued the full run with other settings. The benchmark (``data.sources``) is
-the demo's, seed 0, in every run; the seed changes training only.
+the demo's, seed 0, in every run; the seed changes training only: initialisation, batch order, augmentation
+and Stage II's prompts (``data.seed`` and ``stage2.seed`` follow ``--seed_everything``).
 """
 
 from __future__ import annotations

@@ -121,9 +121,10 @@ def test_one_seed_sets_the_batch_order_and_the_prompts_too_unless_they_are_given
         synthetic_root, tmp_path, monkeypatch):
     """`--seed_everything S` reaches the P x K sampler (`data.seed`) and Stage II's prompt initialisation and
     sampler (`stage2.seed`); without that, runs "over seeds" would only vary the initialisation."""
+    import lightning as L
+
     from itkm_lightning.cli import ITKMCLI
     from itkm_lightning.fit_config import build_section
-    import lightning as L
 
     monkeypatch.setattr(sys, "argv", ["itkm"])
 
