@@ -56,8 +56,7 @@ class ITKMCLI(FitConfigCLI):
     def _fill_seeds(cfg) -> None:
         """``data.seed`` and ``stage2.seed`` left unset take ``seed_everything``: a run's one seed varies its
         initialisation, batch order and augmentations alike (Lightning's seed reaches neither sampler)."""
-        seed = cfg.get("seed_everything")
-        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+        seed = _seed_or_zero(cfg.get("seed_everything"))
         for section in (cfg.get("data"), (cfg.get("stage2") or {}).get("init_args")):
             if section is not None and "seed" in section and section.seed is None:
                 section.seed = seed
@@ -104,7 +103,6 @@ class ITKMCLI(FitConfigCLI):
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         strategy = (cfg.get("trainer") or {}).get("strategy")
-        seed = self._get(self.config, "seed_everything")
         supervised = self._get(self.config_init, "supervised")
         self.trainer_setup = TrainerSetup(
             run_dir=self.run_dir,
@@ -112,7 +110,7 @@ class ITKMCLI(FitConfigCLI):
             # A name such as "ddp" builds a fresh strategy per Trainer anyway; a class_path section is rebuilt.
             strategy=strategy if isinstance(strategy, Namespace) and strategy.get("class_path") else None,
             epochs=self._get(self.config_init, "epochs"),
-            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else 0,
+            seed=_seed_or_zero(self._get(self.config, "seed_everything")),
             wandb=self._get(self.config_init, "wandb"),
             supervised_val_every=supervised.check_val_every_n_epoch if supervised is not None else None,
             save_config=(self.save_config_callback(self._parser(self.subcommand), cfg, **self.save_config_kwargs)
@@ -179,3 +177,8 @@ def main(argv: list[str]) -> None:
         ITKMCLI()
     finally:
         sys.argv = saved_argv
+
+
+def _seed_or_zero(seed) -> int:
+    """The run's seed as an int: ``seed_everything``'s value, 0 where it is false or unset."""
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
