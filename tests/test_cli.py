@@ -136,3 +136,25 @@ def test_one_seed_sets_the_batch_order_and_the_prompts_too_unless_they_are_given
     assert seeds("a", "--seed_everything", "3") == (3, 3)
     assert seeds("b", "--seed_everything", "3", "--data.seed", "5", "--stage2.seed", "0") == (5, 0)
     assert seeds("c", "--seed_everything", "false") == (0, 0)
+
+
+def test_seed_everything_false_leaves_the_stages_unseeded_where_a_number_reseeds_each_one(
+        synthetic_root, tmp_path, monkeypatch):
+    """Lightning reads `seed_everything: false` as "do not seed". The pipeline re-seeds before every stage; it must
+    not read false as seed 0 (`False` is an int in Python)."""
+    import itkm_lightning.pipeline as pipeline_module
+    from itkm_lightning.cli import ITKMCLI
+
+    monkeypatch.setattr(sys, "argv", ["itkm"])
+    seen = []
+
+    class RecordingPipeline(pipeline_module.Pipeline):
+        def run(self, only=None, ckpt_path=None) -> bool:
+            seen.append(self.seed)
+            return False  # nothing trained: the test is about what the stages would be seeded with
+
+    monkeypatch.setattr(pipeline_module, "Pipeline", RecordingPipeline)
+    for run, seed in (("a", "3"), ("b", "false")):
+        ITKMCLI(args=["fit", "--config", str(REPO / "conf/smoke.yaml"), "--data.root", str(synthetic_root),
+                      "--run_dir", str(tmp_path / run), "--seed_everything", seed])
+    assert seen == [3, None]

@@ -130,7 +130,7 @@ class ITKMCLI(FitConfigCLI):
         pipeline = Pipeline(
             self.run_dir, datamodule, stage_specs(model, cfg, self._get(self.config_init, "supervised")),
             self.trainer_setup, command=self._rerun_command(cfg),
-            seed=cfg.get("seed_everything") if isinstance(cfg.get("seed_everything"), int) else None,
+            seed=_seed_or_none(cfg.get("seed_everything")),  # false: the stages are not re-seeded
             rerank=self._evaluation().rerank, stage1_trainer=self.trainer,
         )
         pipeline.check(only, ckpt_path)  # a command that cannot run writes nothing, not even run.json
@@ -179,6 +179,13 @@ def main(argv: list[str]) -> None:
         sys.argv = saved_argv
 
 
+def _seed_or_none(seed) -> int | None:
+    """``seed_everything``'s value as an int, None where it is false or unset (``False`` is an int in Python, and
+    Lightning reads false as "do not seed", not as seed 0)."""
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def _seed_or_zero(seed) -> int:
     """The run's seed as an int: ``seed_everything``'s value, 0 where it is false or unset."""
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    seed = _seed_or_none(seed)
+    return 0 if seed is None else seed
