@@ -186,7 +186,7 @@ def targets(root: Path, seeds: list[int]) -> None:
         print(f"| {seed} | " + " / ".join(_number(v, ".1f") for v in get["supervised"]) + f" | {premise} | "
               f"{mean['stage1'] - mean['untrained']:+.1f} | "
               + " / ".join(f"{a - b:+.1f}" for a, b in zip(get["stage3"], get["stage1"])) + " | "
-              + " / ".join(_number(100 * c, ".0f", "%") for c in closed) + f" | {chm} |")
+              + " / ".join(_number(100 * c, ".1f", "%") for c in closed) + f" | {chm} |")  # .1f: 24.5% is not 25%
 
 
 def _number(value: float, spec: str, unit: str = "") -> str:
